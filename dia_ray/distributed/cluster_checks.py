@@ -1,0 +1,100 @@
+"""Multi-node safety: a storage root every node can see, or the run is refused before any trial starts.
+
+On a cluster with more than one node, trials run on worker nodes and write their checkpoints, banks and result
+records under ``--storage``. A node-local path (ext4/xfs on the node's own disk) would scatter them over the nodes'
+disks: resume and the leaderboard would silently miss most of them. So a local path is accepted on a multi-node
+cluster only when it lives on a network filesystem (decided by the fstype of its longest mount prefix in
+``/proc/mounts``); object-store URIs (``s3://``, ``gs://``, ...) are always fine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dia_ray.distributed.storage import is_uri
+from dia_ray.errors import StorageError
+
+# fstypes whose contents are the same from every node (network / cluster filesystems). `fuse.*` covers gcsfuse,
+# s3fs, juicefs, sshfs, fuse.glusterfs, ... (FUSE mounts of remote stores); plain `fuseblk` is a local disk.
+NETWORK_FSTYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs", "beegfs", "glusterfs", "ocfs2", "gfs2",
+    "wekafs", "panfs", "orangefs", "afs", "9p",
+})
+MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + the most workers the autoscaler adds
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash in paths as octal escapes (``\\040``)."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def parse_mounts(text: str) -> list[tuple[str, str]]:
+    """``(mount point, fstype)`` for every line of a ``/proc/mounts`` text, in file order."""
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            mounts.append((_unescape(parts[1]), parts[2]))
+    return mounts
+
+
+def mount_of(path: str, mounts: list[tuple[str, str]]) -> tuple[str, str]:
+    """The ``(mount point, fstype)`` holding ``path``: the longest mount point that is a path prefix of it (the
+    last one listed wins when a mount point is mounted over)."""
+    target = Path(path)
+    best = ("/", "unknown")
+    best_len = -1
+    for point, fstype in mounts:
+        mp = Path(point)
+        if (target == mp or mp in target.parents) and len(mp.parts) >= best_len:
+            best, best_len = (point, fstype), len(mp.parts)
+    return best
+
+
+def is_network_fstype(fstype: str) -> bool:
+    return fstype in NETWORK_FSTYPES or (fstype.startswith("fuse.") and fstype != "fuse.lxcfs")
+
+
+def require_shared_storage(storage: str, nodes: int, mounts_text: str | None = None) -> None:
+    """Refuse a node-local ``storage`` path when the cluster has (or can grow to) more than one node.
+
+    ``mounts_text`` is the ``/proc/mounts`` content (read from this machine when None; a parameter for tests).
+    """
+    if nodes <= 1 or is_uri(storage):
+        return
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text()
+        except OSError:
+            return  # not Linux: nothing to decide from; the sweep's own docs carry the rule
+    resolved = os.path.realpath(os.path.expanduser(storage))
+    point, fstype = mount_of(resolved, parse_mounts(mounts_text))
+    if is_network_fstype(fstype):
+        return
+    raise StorageError(
+        f"storage '{storage}' is node-local ({fstype} mounted at {point}) but the cluster has {nodes} nodes: trials "
+        "on other nodes would write to their own disks and resume/leaderboard would miss them; use a shared "
+        "filesystem mounted at the same path on every node (NFS/EFS/Filestore, e.g. /mnt/shared/dia-ray) or an "
+        "object-store URI (s3://bucket/prefix, gs://bucket/prefix)")
+
+
+def alive_node_count() -> int:
+    """Nodes of the connected Ray cluster that are alive now (``ray.init`` must have run)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def expected_node_count() -> int:
+    """The most nodes this cluster may have during the run: the alive nodes, or more when an autoscaling cluster
+    says how far it can grow (``$DIA_RAY_MAX_NODES``, set by ``cluster/`` configs; a head-only cluster with
+    ``min_workers: 0`` has one alive node when the sweep starts and several a minute later)."""
+    alive = alive_node_count()
+    try:
+        declared = int(os.environ.get(MAX_NODES_ENV, "0"))
+    except ValueError:
+        declared = 0
+    return max(alive, declared)

@@ -1,0 +1,1 @@
+"""Result records, the collector, leaderboards and plots. Never imports Ray (a laptop can build a leaderboard)."""

@@ -1,0 +1,386 @@
+"""Leaderboard tables: one row per dataset x method (or per config), built from result records only.
+
+Statistical choices (also printed under every table, see :data:`NOTES`):
+- **AUROC** is ``auroc_last`` (the model after the last epoch): mean ± sample std (ddof 1) over seeds. When one
+  seed of a config was run twice, the newer record counts.
+- **95% CI**: DeLong (fast algorithm of Sun & Xu 2014) for the *seed-mean* AUROC: the per-image structural
+  components are averaged over the seeds that share a test set, which keeps their correlation; seeds scored on
+  different test sets count as independent. The CI is the test-set sampling uncertainty of the seed mean given the
+  trained models - the seed-to-seed spread is the ± std. Normal approximation, clipped to [0, 1]. Only computed
+  when every seed carries its test scores.
+- **Paper**: the paper's cell (:func:`~dia_ray.results.paper.paper_cell`) beside our mean ``auroc_best_test``
+  (the epoch picked on test AUROC, as the paper did); Δ = ours − paper.
+- **p vs CSI**: paired DeLong test of the seed-mean AUROC difference between the row and the best CSI config of
+  the same dataset, seeds paired by seed value and only when both runs scored the same test set (same labels, same
+  order); the components of the paired differences are averaged over the pairs, so a single z and two-sided p
+  summarise all seeds. ``*`` = p < 0.05 and the row beats CSI.
+- ``by="method"`` keeps each method's config with the best mean ``auroc_last``: a choice made on the test set,
+  hence optimistic; ``by="config"`` lists every config.
+- Compute: device-hours summed over seeds (workers x wall time: GPU-hours on GPUs, CPU-worker-hours on CPU);
+  images/s and wall time are seed means.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+import pandas as pd
+
+from dia_ray.data.registry import REGISTRY
+from dia_ray.errors import ConfigError
+from dia_ray.results.collect import Collection
+from dia_ray.results.paper import paper_cell
+from dia_ray.results.stats import mean_auroc_ci, paired_mean_delong_test
+
+By = Literal["method", "config"]
+FORMATS = ("md", "csv", "html", "json")
+METHOD_ORDER = ("dia", "csi", "blur-gaussian", "blur-median", "disyre")
+REFERENCE_METHOD = "csi"
+
+COLUMNS = (
+    "dataset", "dataset_title", "method", "config_hash", "params", "dissolve_mode", "n_seeds", "seeds", "n_test",
+    "auroc_mean", "auroc_std", "ci95_low", "ci95_high", "auroc_best_test_mean",
+    "paper_mean", "paper_std", "paper_table", "delta_vs_paper",
+    "p_vs_csi", "sig_vs_csi", "paired_seeds",
+    "device_hours", "images_per_s", "wall_time_s",
+)
+PAPER_COLUMNS = ("paper_mean", "paper_std", "paper_table", "delta_vs_paper")
+
+NOTES = {
+    "auroc": "AUROC = auroc_last (model after the last epoch), mean ± sample std over seeds; n = seeds.",
+    "ci": "95% CI: DeLong (Sun & Xu 2014) for the seed-mean AUROC, per-image components averaged over seeds that "
+          "share a test set; test-set sampling uncertainty only (seed spread is the ± std); normal approximation "
+          "clipped to [0, 1].",
+    "paper": "Paper: the paper's number (best epoch picked on test AUROC) beside our auroc_best_test mean, labelled "
+             "'best-test'; Δ = ours − paper. The table the cell comes from is named.",
+    "p": "p vs CSI: two-sided paired DeLong test of the seed-mean AUROC difference against the best CSI config of "
+         "the dataset, seeds paired by seed value on the same test set; * = p < 0.05 and the row beats CSI.",
+    "best": "One row per method: the config with the best mean auroc_last (chosen on the test set, so optimistic; "
+            "--by config lists every config).",
+    "compute": "Device-hours: workers × wall time summed over seeds (GPU-h on GPU, CPU-worker-h on CPU); images/s "
+               "and wall time are seed means.",
+}
+
+
+def build(source: Collection | pd.DataFrame, by: By = "method", compare_paper: bool = True) -> pd.DataFrame:
+    """The leaderboard of ``source`` (a :class:`Collection` or its :meth:`~Collection.frame`).
+
+    One row per dataset x method (its best config) with ``by="method"``, per dataset x config with ``by="config"``.
+    Columns: :data:`COLUMNS` (without the paper columns when ``compare_paper`` is False). ``df.attrs["notes"]``
+    holds the footnotes the renderers print.
+    """
+    if by not in ("method", "config"):
+        raise ConfigError(f"--by '{by}' unknown; choose from: method, config")
+    frame = source.frame() if isinstance(source, Collection) else source
+    columns = [c for c in COLUMNS if compare_paper or c not in PAPER_COLUMNS]
+    if frame.empty:
+        return _with_notes(pd.DataFrame(columns=columns), by, compare_paper)
+    frame = (frame.sort_values("created_at", kind="stable")
+             .drop_duplicates(["dataset", "method", "config_hash", "seed"], keep="last"))
+    configs = [_summarise(runs) for _, runs in frame.groupby(["dataset", "method", "config_hash"], sort=False)]
+    table = pd.DataFrame(configs)
+    table = table.sort_values(["dataset", "method", "auroc_mean", "n_seeds", "config_hash"],
+                              ascending=[True, True, False, False, True])
+    if by == "method":
+        table = table.drop_duplicates(["dataset", "method"], keep="first")
+    table = _significance(table, frame)
+    if compare_paper:
+        table = _paper(table)
+    table = table.iloc[_row_order(table)].reset_index(drop=True)
+    return _with_notes(table.reindex(columns=columns), by, compare_paper)
+
+
+def _summarise(runs: pd.DataFrame) -> dict:
+    first = runs.iloc[0]
+    aurocs = runs["auroc_last"].astype(float)
+    row = {
+        "dataset": first["dataset"],
+        "dataset_title": dataset_label(first["dataset"]),
+        "method": first["method"],
+        "config_hash": first["config_hash"],
+        "params": format_params(first["params"]),
+        "dissolve_mode": ",".join(sorted(set(runs["dissolve_mode"].astype(str)))),
+        "n_seeds": int(runs["seed"].nunique()),
+        "seeds": ",".join(str(s) for s in sorted(runs["seed"])),
+        "n_test": int(runs["n_test"].max()),
+        "auroc_mean": float(aurocs.mean()),
+        "auroc_std": float(aurocs.std(ddof=1)) if len(aurocs) > 1 else float("nan"),
+        "auroc_best_test_mean": float(runs["auroc_best_test"].astype(float).mean()),
+        "ci95_low": float("nan"),
+        "ci95_high": float("nan"),
+        "device_hours": float(runs["device_hours"].sum()),
+        "images_per_s": float(runs["images_per_s"].mean()),
+        "wall_time_s": float(runs["wall_time_s"].mean()),
+        "params_dict": first["params"],
+    }
+    scored = [_scored(r) for _, r in runs.iterrows()]
+    if all(s is not None for s in scored):
+        ci = mean_auroc_ci(scored)
+        row["ci95_low"], row["ci95_high"] = ci.low, ci.high
+    return row
+
+
+def _scored(run: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, scores) of one run if it carries a usable score vector (both classes, one finite score per image);
+    a diverged run with NaN scores keeps its AUROC row but gives no CI or test."""
+    labels, scores = np.asarray(run["test_labels"], dtype=int), np.asarray(run["test_scores"], dtype=float)
+    if (labels.size == 0 or labels.shape != scores.shape or not np.isin(labels, (0, 1)).all()
+            or labels.min() == labels.max() or not np.isfinite(scores).all()):
+        return None
+    return labels, scores
+
+
+def _significance(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    table = table.assign(p_vs_csi=float("nan"), sig_vs_csi="", paired_seeds=0)
+    for dataset, rows in table.groupby("dataset", sort=False):
+        reference = rows[rows["method"] == REFERENCE_METHOD]
+        if reference.empty:
+            continue
+        ref_hash = reference.sort_values("auroc_mean", ascending=False).iloc[0]["config_hash"]
+        ref_runs = _runs_by_seed(frame, dataset, REFERENCE_METHOD, ref_hash)
+        for index, row in rows.iterrows():
+            if row["method"] == REFERENCE_METHOD:
+                continue
+            runs = _runs_by_seed(frame, dataset, row["method"], row["config_hash"])
+            pairs = [(labels, scores, ref_runs[seed][1]) for seed, (labels, scores) in sorted(runs.items())
+                     if seed in ref_runs and np.array_equal(labels, ref_runs[seed][0])]
+            if not pairs:
+                continue
+            test = paired_mean_delong_test(pairs)
+            table.loc[index, ["p_vs_csi", "paired_seeds"]] = [test.p, len(pairs)]
+            table.loc[index, "sig_vs_csi"] = "*" if test.p < 0.05 and test.difference > 0 else ""
+    return table
+
+
+def _runs_by_seed(frame: pd.DataFrame, dataset: str, method: str, config_hash: str) -> dict[int, tuple]:
+    runs = frame[(frame["dataset"] == dataset) & (frame["method"] == method) & (frame["config_hash"] == config_hash)]
+    out = {}
+    for _, run in runs.iterrows():
+        scored = _scored(run)
+        if scored is not None:
+            out[int(run["seed"])] = scored
+    return out
+
+
+def _paper(table: pd.DataFrame) -> pd.DataFrame:
+    cells = [paper_cell(r.dataset, r.method, r.params_dict) for r in table.itertuples()]
+    table = table.assign(
+        paper_mean=[c.mean if c else float("nan") for c in cells],
+        paper_std=[c.std if c and c.std is not None else float("nan") for c in cells],
+        paper_table=[c.table if c else "" for c in cells],
+    )
+    return table.assign(delta_vs_paper=table["auroc_best_test_mean"] - table["paper_mean"])
+
+
+def _row_order(table: pd.DataFrame) -> list[int]:
+    datasets = list(REGISTRY)
+
+    def key(i: int) -> tuple:
+        row = table.iloc[i]
+        d, m = row["dataset"], row["method"]
+        return (datasets.index(d) if d in datasets else len(datasets), d,
+                METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m, -row["auroc_mean"])
+
+    return sorted(range(len(table)), key=key)
+
+
+def dataset_label(dataset: str) -> str:
+    """The paper's column title (registry), or the name itself for datasets dia-ray does not know."""
+    spec = REGISTRY.get(dataset)
+    return spec.title if spec is not None else dataset
+
+
+def _with_notes(df: pd.DataFrame, by: str, compare_paper: bool) -> pd.DataFrame:
+    keys = ["auroc", "ci", *(["paper"] if compare_paper else []), "p", *(["best"] if by == "method" else []),
+            "compute"]
+    df.attrs["notes"] = [NOTES[k] for k in keys]
+    df.attrs["by"] = by
+    return df
+
+
+def format_params(params: dict | None) -> str:
+    """{'t_max': 130, 't_min': 30} → 't_range=30-130'; other keys sorted, 'k=v' joined by ', '."""
+    params = dict(params or {})
+    if "t_min" in params and "t_max" in params:
+        params["t_range"] = f"{params.pop('t_min')}-{params.pop('t_max')}"
+    return ", ".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                     for k, v in sorted(params.items()))
+
+
+# ------------------------------------------------------------------------------------------------------- rendering
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _compact(df: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns for markdown and the terminal: 'mean ± std' cells, CI as [low, high]."""
+    out = pd.DataFrame({
+        "Dataset": df["dataset_title"],
+        "Method": df["method"],
+        "Config": df["config_hash"].str.slice(0, 8),
+        "Params": df["params"].replace("", "–"),
+        "n": df["n_seeds"].astype(int).astype(str),
+        "AUROC (last)": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["auroc_mean"], df["auroc_std"])],
+        "95% CI": ["–" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+                   for lo, hi in zip(df["ci95_low"], df["ci95_high"])],
+        "Best-test": [_num(v) for v in df["auroc_best_test_mean"]],
+    })
+    if "paper_mean" in df:
+        out["Paper (best-test)"] = [
+            "–" if math.isnan(m) else (f"{m:.3f}" if math.isnan(s) else f"{m:.3f} ± {s:.2f}")
+            for m, s in zip(df["paper_mean"], df["paper_std"])]
+        out["Δ vs paper"] = ["–" if math.isnan(d) else f"{d:+.3f}" for d in df["delta_vs_paper"]]
+        out["Paper table"] = df["paper_table"].replace("", "–")
+    out["p vs CSI"] = [("–" if math.isnan(p) else f"{_p(p)}{sig}") for p, sig in zip(df["p_vs_csi"], df["sig_vs_csi"])]
+    out["Device-h"] = [f"{h:.3g}" for h in df["device_hours"]]
+    out["img/s"] = [_num(v, 1) for v in df["images_per_s"]]
+    out["Wall"] = [_duration(s) for s in df["wall_time_s"]]
+    return out
+
+
+def _notes(df: pd.DataFrame) -> list[str]:
+    return list(df.attrs.get("notes", []))
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table with the footnotes below it."""
+    table = _compact(df)
+    header = list(table.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(False)]
+    notes = _notes(df)
+    if notes:
+        lines += ["", *[f"{i}. {note}" for i, note in enumerate(notes, 1)]]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """Every column at full precision (machine-readable; footnotes live in the md/html/json outputs)."""
+    return df.to_csv(index=False)
+
+
+def to_json(df: pd.DataFrame) -> str:
+    """``{"by": ..., "notes": [...], "rows": [{column: value}, ...]}``, NaN as null."""
+    rows = [{key: _plain(value) for key, value in row.items()} for row in df.to_dict(orient="records")]
+    return json.dumps({"by": df.attrs.get("by"), "notes": _notes(df), "rows": rows}, indent=2) + "\n"
+
+
+def _plain(value):
+    """numpy scalars → Python (full float precision, which DataFrame.to_json caps at 15 digits); NaN → None."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+HTML_HEADERS = {
+    "dataset_title": "Dataset", "method": "Method", "config_hash": "Config", "params": "Params",
+    "dissolve_mode": "Dissolve mode", "n_seeds": "Seeds", "auroc_mean": "AUROC mean (last)",
+    "auroc_std": "AUROC std", "ci95_low": "CI95 low", "ci95_high": "CI95 high",
+    "auroc_best_test_mean": "AUROC best-test mean", "paper_mean": "Paper (best-test)", "paper_std": "Paper std",
+    "delta_vs_paper": "Δ vs paper", "paper_table": "Paper table", "p_vs_csi": "p vs CSI", "sig_vs_csi": "vs CSI",
+    "device_hours": "Device-hours", "images_per_s": "Images/s", "wall_time_s": "Wall time (s)",
+}
+
+
+def to_html(df: pd.DataFrame, title: str = "dia-ray leaderboard") -> str:
+    """A standalone HTML page: one <table> (numbers in their own cells, 4 decimals; p-values 3 significant digits)
+    and the footnotes."""
+    cols = [c for c in HTML_HEADERS if c in df.columns]
+    # p-values keep 3 significant digits (4 decimals would print a tiny p as 0.0000).
+    p_format = {HTML_HEADERS["p_vs_csi"]: lambda v: "" if math.isnan(v) else f"{v:.3g}"}
+    table = df[cols].rename(columns=HTML_HEADERS).to_html(
+        index=False, na_rep="", float_format=lambda v: f"{v:.4f}", formatters=p_format, border=0,
+        classes="leaderboard")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in _notes(df))
+    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;font-size:14px}"
+             "th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "th{background:#f4f4f4}td:nth-child(-n+5){text-align:left}ol{font-size:13px;color:#444}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}"
+            f"</title>\n<style>{style}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n{table}\n"
+            f"<ol>{notes}</ol>\n</body>\n</html>\n")
+
+
+def to_terminal(df: pd.DataFrame, width: int | None = None) -> str:
+    """The table for a terminal: a rich table when rich is installed, else plain aligned columns."""
+    table = _compact(df)
+    width = width or shutil.get_terminal_size((200, 24)).columns
+    notes = _notes(df)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(v)) for v in [c, *table[c]]) for c in table.columns]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(table.columns, widths))]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in table.itertuples(False)]
+        return "\n".join([*lines, "", *[f"{i}. {n}" for i, n in enumerate(notes, 1)]]) + "\n"
+    rich_table = Table(title="dia-ray leaderboard", header_style="bold")
+    for column in table.columns:
+        rich_table.add_column(column, overflow="fold")
+    for row in table.itertuples(False):
+        rich_table.add_row(*map(str, row))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=max(width, 80), color_system=None, highlight=False)
+    console.print(rich_table)
+    for i, note in enumerate(notes, 1):
+        console.print(f"{i}. {note}", markup=False)
+    return buffer.getvalue()
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "html": to_html, "json": to_json}
+
+
+def parse_formats(formats: Iterable[str] | None) -> list[str]:
+    """['md', 'csv,html'] → ['md', 'csv', 'html'] (None or empty = all); unknown names are a ConfigError."""
+    wanted: list[str] = []
+    for item in formats or FORMATS:
+        for name in (part.strip().lower() for part in item.split(",")):
+            if name and name not in FORMATS:
+                raise ConfigError(f"--format '{name}' unknown; choose from: {', '.join(FORMATS)}")
+            if name and name not in wanted:
+                wanted.append(name)
+    return wanted or list(FORMATS)
+
+
+def write_all(df: pd.DataFrame, out_dir: str | os.PathLike, formats: Iterable[str] | None = None) -> list[Path]:
+    """Write ``leaderboard.<fmt>`` for each format into ``out_dir``, each atomically (temp file, then rename)."""
+    out_dir = Path(out_dir)
+    return [atomic_write(out_dir / f"leaderboard.{fmt}", RENDERERS[fmt](df)) for fmt in parse_formats(formats)]
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename: readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

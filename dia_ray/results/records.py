@@ -1,0 +1,90 @@
+"""The result record: one JSON object per (dataset, method, config, seed) run, stored as JSON lines.
+
+Every trial appends its records to its own ``*.jsonl`` file under ``STORAGE/results/`` when it finishes, written to a
+temporary name and renamed, so a reader never sees half a line from a crashed writer (a truncated last line from an
+older writer is reported and skipped by the collector, see :mod:`dia_ray.results.collect`).
+Schema changes bump :data:`SCHEMA_VERSION`; :func:`upgrade` lifts older records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 2
+
+Method = Literal["dia", "csi", "blur-gaussian", "blur-median", "disyre"]
+
+
+class ResultRecord(BaseModel):
+    """One finished run. ``auroc_last`` is the honest number (last epoch); ``auroc_best_test`` picks the epoch on
+    test AUROC as the paper did and is used only for the paper-comparison column."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: float = Field(default_factory=time.time)
+    dataset: str
+    method: str
+    seed: int
+    config_hash: str  # hash of the full config without the seed: records with equal hashes are seeds of one config
+    config: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)  # the swept / notable parameters, for tables and plots
+    auroc_last: float
+    auroc_best_test: float
+    best_epoch: int
+    epochs: int
+    test_scores: list[float] = Field(default_factory=list)  # CSI scores, higher = more normal, test-set order
+    test_labels: list[int] = Field(default_factory=list)  # 1 = normal, 0 = anomaly
+    wall_time_s: float = 0.0
+    images_per_s: float = 0.0
+    workers: int = 1
+    device: str = "cpu"
+    device_hours: float = 0.0  # workers x wall time (GPU-hours on GPUs, CPU-worker-hours on CPU)
+    dissolve_mode: str = "online"
+    sweep: str | None = None
+    trial_id: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """Lift a record of an older schema version to the current one (raises ``ValueError`` if it cannot)."""
+    version = int(raw.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {version} is newer than this dia-ray understands ({SCHEMA_VERSION})")
+    out = dict(raw)
+    if version == 1:
+        # v1 had a single `auroc` (last epoch) and no best-on-test number, nor per-image scores.
+        if "auroc" in out and "auroc_last" not in out:
+            out["auroc_last"] = out.pop("auroc")
+        out.setdefault("auroc_best_test", out.get("auroc_last"))
+        out.setdefault("epochs", 0)
+        out.setdefault("best_epoch", out["epochs"])
+    out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
+def write_records(path: str | os.PathLike, records: list[ResultRecord]) -> Path:
+    """Atomically write ``records`` as JSON lines to ``path`` (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec.model_dump(mode="json")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

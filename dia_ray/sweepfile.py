@@ -1,0 +1,255 @@
+"""The sweep file (YAML, validated by pydantic; unknown keys are errors naming the key).
+
+```yaml
+name: step_range                   # experiment name: STORAGE/sweeps/<name>/<dataset>/
+datasets: [covid, kvasir]          # one Optuna study per dataset, all progressing concurrently
+methods: [dia]                     # several methods = a `method` dimension of the search space
+seeds: [0, 1, 2]                   # every trial trains each seed; Tune sees the mean AUROC, records keep each seed
+budget: paper                      # paper | small | tiny (default: per dataset, see config.BUDGETS)
+base: {epochs: 200}                # fixed TrainConfig overrides
+ddpm: {}                           # DDPMConfig overrides for the DDPMs the trials dissolve with
+space:                             # TrainConfig dotted keys (+ `method`, `dissolve.t_range`)
+  dissolve.t_range: {choices: [[30, 130], [130, 230]]}
+  optim.lr: {low: 0.01, high: 1.0, log: true}
+sampler: grid                      # tpe | grid (Optuna GridSampler: exactly the grid) | random
+metric: auroc_last                 # or auroc_best_test (the paper's model selection)
+mode: max
+trials_per_dataset: 8              # tpe/random; a grid runs its size
+resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+max_concurrent_trials: 2           # per dataset
+max_retries: 1                     # an errored trial is retried this many times
+dissolve_mode: online              # online (paper) | bank (precomputed, shared by trials)
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dia_ray.config import TrainConfig, deep_update, parse
+from dia_ray.errors import ConfigError
+
+SPECIAL_KEYS = ("method", "dissolve.t_range")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Param(_Strict):
+    """One search dimension: ``choices`` or a numeric range ``low``..``high`` (``step``, ``log``)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    type: Literal["int", "float"] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Param":
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices is empty")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices, or low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        if self.type:
+            return self.type == "int"
+        vals = [self.low, self.high] + ([self.step] if self.step else [])
+        return all(float(v).is_integer() for v in vals if v is not None) and not self.log
+
+    def grid_values(self) -> list[Any]:
+        if self.choices is not None:
+            return list(self.choices)
+        if self.step is None:
+            raise ValueError("a grid needs choices or a step")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        vals = [self.low + i * self.step for i in range(n)]
+        return [int(v) for v in vals] if self.is_int else vals
+
+    def example(self) -> Any:
+        if self.choices is not None:
+            return self.choices[0]
+        return int(self.low) if self.is_int else float(self.low)
+
+
+class Resources(_Strict):
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class BankOptions(_Strict):
+    versions: int = Field(8, ge=1)
+    actors: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+
+
+class SweepFile(_Strict):
+    name: str
+    description: str = ""
+    datasets: list[str]
+    data_root: str | None = None
+    normal_class: str | None = None
+    methods: list[Literal["dia", "csi", "blur-gaussian", "blur-median"]] = ["dia"]
+    seeds: list[int] = [0]
+    budget: Literal["paper", "small", "tiny"] | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    ddpm: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Param] = Field(default_factory=dict)
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    optuna_seed: int = 0
+    metric: Literal["auroc_last", "auroc_best_test"] = "auroc_last"
+    mode: Literal["max", "min"] = "max"
+    trials_per_dataset: int = Field(8, ge=1)
+    resources: Resources = Resources()
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_retries: int = Field(1, ge=0)
+    dissolve_mode: Literal["online", "bank"] = "online"
+    bank: BankOptions = BankOptions()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '-', '_' and '.' only (it names a directory)")
+        return v
+
+    @field_validator("datasets", "seeds", "methods")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError("has duplicates")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepFile":
+        from dia_ray.data.registry import FOLDER, known_names
+
+        for ds in self.datasets:
+            if ds not in known_names():
+                raise ValueError(f"dataset '{ds}' is not in the registry; known: {', '.join(known_names())}")
+            if ds == FOLDER and not self.normal_class:
+                raise ValueError("dataset 'folder' needs normal_class")
+        if "method" in self.space and len(self.methods) > 1:
+            raise ValueError("give the methods either as `methods` or as a `method` dimension of `space`")
+        if not self.search_space():
+            raise ValueError("space is empty: give at least one dimension in `space` or more than one method")
+        if self.sampler == "grid":
+            for key, p in self.search_space().items():
+                try:
+                    p.grid_values()
+                except ValueError:
+                    raise ValueError(f"space.{key}: a grid needs choices or a step") from None
+        if self.dissolve_mode == "bank":
+            for key in ("dissolve.t_range", "dissolve.t_min", "dissolve.t_max", "dissolve.resolution"):
+                if key in self.space and self.space[key].choices is None:
+                    raise ValueError(f"space.{key}: dissolve_mode bank needs choices (one bank per value)")
+        # every dimension must produce a valid TrainConfig
+        for key, p in self.search_space().items():
+            values = p.choices if p.choices is not None else [p.example()]
+            for value in values:
+                try:
+                    self.train_config(self.datasets[0], {key: value}, self.seeds[0])
+                except ConfigError as err:
+                    raise ValueError(f"space.{key}={value!r}: {err}") from None
+        self.train_config(self.datasets[0], {}, self.seeds[0])
+        return self
+
+    def search_space(self) -> dict[str, Param]:
+        space = dict(self.space)
+        if len(self.methods) > 1:
+            space = {"method": Param(choices=list(self.methods)), **space}
+        return space
+
+    def grid(self) -> list[dict[str, Any]]:
+        keys = list(self.search_space())
+        values = [self.search_space()[k].grid_values() for k in keys]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    def trials(self) -> int:
+        return len(self.grid()) if self.sampler == "grid" else self.trials_per_dataset
+
+    def train_config(self, dataset: str, params: dict[str, Any], seed: int) -> TrainConfig:
+        """The TrainConfig of one (dataset, sampled params, seed)."""
+        from dia_ray.config import budget_overrides, default_budget
+
+        params = dict(params)
+        method = params.pop("method", self.methods[0])
+        over: dict[str, Any] = {}
+        for key, value in params.items():
+            if key == "dissolve.t_range":
+                lo, hi = value
+                over = deep_update(over, {"dissolve": {"t_min": int(lo), "t_max": int(hi)}})
+                continue
+            node: dict[str, Any] = {}
+            cur = node
+            parts = key.split(".")
+            for part in parts[:-1]:
+                cur[part] = {}
+                cur = cur[part]
+            cur[parts[-1]] = value
+            over = deep_update(over, node)
+        if self.dissolve_mode == "bank":
+            over = deep_update(over, {"dissolve": {"mode": "bank"}})
+        base = budget_overrides(self.budget or default_budget(dataset), "train")
+        data = deep_update(deep_update(deep_update(base, self.base), over),
+                           {"dataset": dataset, "method": method, "seed": seed,
+                            **({"normal_class": self.normal_class} if self.normal_class else {})})
+        return parse(TrainConfig, data, f"sweep '{self.name}'")
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categorical values must be scalars: lists/dicts travel as JSON strings."""
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
+
+
+def decode_params(config: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        p = space.get(key)
+        if p is not None and p.choices is not None and any(isinstance(c, (list, dict, tuple)) for c in p.choices):
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def load_sweep(path: str | Path, data_root: str | None = None) -> SweepFile:
+    """Read and validate a sweep file; every problem is one :class:`ConfigError` line naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a sweep file is a YAML mapping (name, datasets, space, ...)")
+    if data_root:
+        raw["data_root"] = str(data_root)
+    return parse(SweepFile, raw, str(path))
