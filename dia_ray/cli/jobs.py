@@ -54,11 +54,13 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="Follow the logs until the job ends; exit code = the job's."),
     runtime_env: Optional[Path] = typer.Option(
         None, "--runtime-env", help="YAML runtime_env merged over dia-ray's (e.g. cluster/runtime_env.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a sweep that already has results in --storage "
+                                "(after a stop or a failure): finished trials are kept."),
 ) -> None:
     """Run a sweep on a Ray cluster: upload the project, start `dia-ray sweep` on the head node."""
     from dia_ray.distributed.jobs import submit_sweep
 
-    job = submit_sweep(sweep, address, storage, runtime_env)
+    job = submit_sweep(sweep, address, storage, runtime_env, resume=resume)
     typer.echo(job.job_id)
     typer.echo(f"submitted to {job.address}: {job.entrypoint}\n"
                f"  follow: dia-ray jobs logs {job.job_id} --follow --address {job.address}\n"

@@ -23,28 +23,14 @@ def leaderboard(
     by: str = typer.Option("method", "--by", help="method: best config per method; config: every config."),
 ) -> None:
     """Print the leaderboard (mean ± std over seeds, DeLong CIs, paper comparison) and write tables and PNG plots."""
-    from dia_ray.errors import StorageError
-    from dia_ray.results.collect import collect
-    from dia_ray.results.leaderboard import build, parse_formats, to_terminal, write_all
+    from dia_ray.results.report import publish
 
-    wanted = parse_formats(formats)
-    collection = collect(storage)
-    for problem in collection.problems[:MAX_WARNINGS]:
+    report = publish(storage, formats=formats, out=out, compare_paper=compare_paper, by=by)
+    for problem in report.problems[:MAX_WARNINGS]:
         typer.echo(f"dia-ray: warning: {problem}", err=True)
-    if len(collection.problems) > MAX_WARNINGS:
-        typer.echo(f"dia-ray: warning: ... and {len(collection.problems) - MAX_WARNINGS} more problems", err=True)
-    if collection.empty:
-        raise StorageError(collection.summary())
-    table = build(collection, by=by, compare_paper=compare_paper)
-    typer.echo(to_terminal(table))
-    typer.echo(collection.summary())
-
-    from dia_ray.results.plots import plot_ablation, plot_auroc, swept_params
-
-    out_dir = out or storage / "leaderboard"
-    written = write_all(table, out_dir, wanted)
-    written.append(plot_auroc(table, out_dir / "leaderboard.png"))
-    frame = collection.frame()
-    written += [plot_ablation(frame, param, out_dir / f"ablation_{param}.png") for param in swept_params(frame)]
-    for path in written:
+    if len(report.problems) > MAX_WARNINGS:
+        typer.echo(f"dia-ray: warning: ... and {len(report.problems) - MAX_WARNINGS} more problems", err=True)
+    typer.echo(report.text)
+    typer.echo(report.summary)
+    for path in report.written:
         typer.echo(f"wrote {path}")

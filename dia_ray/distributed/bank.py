@@ -365,15 +365,24 @@ class DissolveActor:
         import ray
         import torch
 
+        from dia_ray.distributed.runtime import worker_logging
+
+        worker_logging()
         torch.set_num_threads(threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.recipe = BankRecipe(**recipe)
         self.dissolver = _load_dissolver(self.recipe, device)
         self.actor = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
+        self.images = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         rows = dissolve_rows(self.dissolver, batch["image_id"], batch["pixels"], self.recipe)
         rows["actor"] = np.full(len(rows["image_id"]), self.actor)
+        self.images += len(batch["image_id"])
+        log.info("actor %s: dissolved images %d..%d x %d versions in %.2f s (%d images so far)", self.actor[:8],
+                 int(batch["image_id"].min()), int(batch["image_id"].max()), self.recipe.versions,
+                 time.perf_counter() - t0, self.images)
         return rows
 
 

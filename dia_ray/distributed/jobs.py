@@ -58,7 +58,6 @@ class Submission:
     job_id: str
     address: str
     entrypoint: str
-    working_dir: Path
 
 
 # ---------------------------------------------------------------------------------------------------- client
@@ -248,10 +247,10 @@ def build_runtime_env(working_dir: Path, overlay: dict[str, Any] | None = None) 
     return env
 
 
-def sweep_entrypoint(sweep_in_working_dir: str, storage: str) -> str:
+def sweep_entrypoint(sweep_in_working_dir: str, storage: str, resume: bool = False) -> str:
     """The shell command the head runs; the sweep path is relative to the uploaded working_dir."""
     args = ["python", "-m", "dia_ray", "sweep", sweep_in_working_dir, "--storage", storage, "--address", "auto"]
-    return " ".join(shlex.quote(a) for a in args)
+    return " ".join(shlex.quote(a) for a in args + (["--resume"] if resume else []))
 
 
 @contextmanager
@@ -277,23 +276,25 @@ def staged_working_dir(sweep: Path) -> Iterator[tuple[Path, str]]:
 # ---------------------------------------------------------------------------------------------------- jobs
 
 
-def submit_sweep(sweep: Path, address: str | None, storage: str, runtime_env_file: Path | None = None) -> Submission:
-    """Validate locally, upload the project, start ``dia-ray sweep`` on the cluster; returns the job id."""
+def submit_sweep(sweep: Path, address: str | None, storage: str, runtime_env_file: Path | None = None,
+                 resume: bool = False) -> Submission:
+    """Validate locally, upload the project, start ``dia-ray sweep`` on the cluster; returns the job id.
+    ``resume`` continues a sweep that already has results in ``storage`` (``dia-ray sweep --resume``)."""
     sweep_path = load_sweep_file(sweep)
     storage = check_cluster_storage(storage)
     overlay = load_runtime_env_file(runtime_env_file)
-    client, url = connect(address)
     with staged_working_dir(sweep_path) as (work, sweep_rel):
-        runtime_env = build_runtime_env(work, overlay)
-        entrypoint = sweep_entrypoint(sweep_rel, storage)
+        runtime_env = build_runtime_env(work, overlay)  # every local mistake is reported before the network
+        entrypoint = sweep_entrypoint(sweep_rel, storage, resume)
         metadata = {"dia_ray_sweep": sweep_rel, "dia_ray_storage": storage}
+        client, url = connect(address)
         with _cluster_errors(url, "submitting the sweep"):
             try:
                 job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
             except ValueError as err:  # package too large, invalid runtime_env field
                 raise ConfigError(f"cannot package {work} for the cluster: {_one_line(err)}") from None
     log.debug("submitted %s to %s: %s", job_id, url, entrypoint)
-    return Submission(job_id=job_id, address=url, entrypoint=entrypoint, working_dir=work)
+    return Submission(job_id=job_id, address=url, entrypoint=entrypoint)
 
 
 def list_jobs(address: str | None) -> list[JobDetails]:

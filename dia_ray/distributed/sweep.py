@@ -222,7 +222,13 @@ def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict
         "ddpms": ddpms, "banks": banks, "spec_t_range": list(spec_t_range),
         "train_dir": str(paths.dataset_dir(dataset) / "train"), "records_dir": str(paths.records(dataset)),
     }
-    trainable = tune.with_resources(tune.with_parameters(_trial, ctx=ctx), {"cpu": 0.01})
+    def trial(config: dict[str, Any]) -> None:
+        _trial(config, ctx)
+
+    # Tune registers trainables by name in a registry shared by the whole Ray job: each study needs its own name,
+    # or concurrent studies would run each other's trials (and mix datasets).
+    trial.__name__ = trial.__qualname__ = f"dia_trial_{sweep.name}_{dataset}".replace("-", "_").replace(".", "_")
+    trainable = tune.with_resources(trial, {"cpu": 0.01})
     exp = paths.experiment(dataset)
     total = sweep.trials()
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), _progress_callback(dataset, total)]
@@ -244,6 +250,7 @@ def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_retries),
                                       callbacks=callbacks, verbose=0),
         )
+    t_trials = time.time()
     results = tuner.fit()
     errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
     best = None
@@ -252,8 +259,8 @@ def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict
         best = {"auroc": b.metrics.get("auroc"), "config": b.config}
     except RuntimeError:
         pass
-    return {"dataset": dataset, "trials": len(results), "errors": errors, "best": best,
-            "seconds": time.time() - t0, "records_dir": ctx["records_dir"]}
+    return {"dataset": dataset, "trials": len(results), "errors": errors, "best": best, "started": t_trials,
+            "finished": time.time(), "seconds": time.time() - t0, "records_dir": ctx["records_dir"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -196,7 +196,8 @@ def train_dia_ray(
         "bank_path": str(bank_path) if bank_path else None,
         "checkpoint_every": checkpoint_every,
         "pid_dir": pid_dir,
-        "epoch_delay": epoch_delay,
+        # fault-injection tests slow epochs down (argument or DIA_RAY_EPOCH_DELAY) to have time to kill things
+        "epoch_delay": epoch_delay or float(os.environ.get("DIA_RAY_EPOCH_DELAY", "0")),
         "local": workers == 0,
     }
     runs = Path(run_dir or (root / "runs" / cfg.dataset))
@@ -247,6 +248,7 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, par
         wall_time_s=final["wall_time_s"], images_per_s=final["images_per_s"], workers=final["workers"],
         device=final["device"], device_hours=final["workers"] * final["wall_time_s"] / 3600.0,
         dissolve_mode="bank" if from_bank else ("online" if d.kind != "none" else "none"),
+        starts=final.get("starts", [0]),  # epochs at which the run (re)started: [0] = never resumed
         versions={"dia_ray": dia_ray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                   "python": platform.python_version()},
         **(extra or {}),

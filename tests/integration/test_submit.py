@@ -56,7 +56,7 @@ def marked_pids(marker: str) -> list[int]:
     return pids
 
 
-def stop_head(marker: str, grace_s: float = 10.0) -> None:
+def stop_head(marker: str, grace_s: float = 5.0) -> None:
     """SIGTERM every process of this head, SIGKILL what is left after ``grace_s`` (agents ignore SIGTERM)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for pid in marked_pids(marker):

@@ -85,6 +85,14 @@ def test_storage_must_be_absolute_or_a_uri_on_the_cluster(capsys, sweep_file, st
     assert code == 2 and "must be an absolute path on the cluster" in error_lines(err)[0]
 
 
+def test_bad_runtime_env_file_is_reported_before_contacting_the_cluster(capsys, sweep_file, tmp_path):
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("pip: 5\n")
+    code, _, err = run_cli(capsys, "submit", str(sweep_file), "--address", "http://127.0.0.1:1", "--storage", "/x",
+                           "--runtime-env", str(env_file))
+    assert code == 2 and "invalid runtime env" in error_lines(err)[0]
+
+
 def test_no_address_anywhere_exits_2(capsys, sweep_file):
     code, _, err = run_cli(capsys, "submit", str(sweep_file), "--storage", "/tmp/x")
     assert code == 2 and "no cluster address" in error_lines(err)[0]
@@ -113,7 +121,7 @@ class _TokenRequired(BaseHTTPRequestHandler):
 @pytest.fixture
 def token_head():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenRequired)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -152,6 +160,7 @@ def test_entrypoint_runs_the_sweep_against_the_cluster_it_runs_on():
     entry = jobs.sweep_entrypoint(".dia-ray-submit/my sweep.yaml", "s3://bucket/dia ray")
     assert entry == ("python -m dia_ray sweep '.dia-ray-submit/my sweep.yaml' --storage 's3://bucket/dia ray' "
                      "--address auto")
+    assert jobs.sweep_entrypoint("sweeps/a.yaml", "/mnt/shared/x", resume=True).endswith("--address auto --resume")
 
 
 def packaged_names(working_dir: Path, excludes: list[str]) -> set[str]:
