@@ -289,8 +289,9 @@ def load_bank_versions(path: str | os.PathLike, n_train: int, indices: Any = Non
         sel = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(sel) != n_train:
             raise BankError(f"bank {path}: {len(sel)} indices given for {n_train} training images")
-        if len(sel) and (sel.min() < 0 or sel.max() >= m):
-            raise BankError(f"bank {path} holds {m} images; index {int(sel.max())} is out of range (was it built "
+        bad = sel[(sel < 0) | (sel >= m)]
+        if len(bad):
+            raise BankError(f"bank {path} holds {m} images; index {int(bad[0])} is out of range (was it built "
                             "for the full train split of this dataset?)")
     out = np.zeros((m, k, *shape), dtype=PIXEL_DTYPE)
     seen = np.zeros((m, k), dtype=np.int32)

@@ -80,7 +80,7 @@ def test_saved_ddpm_round_trips_through_from_pretrained(ray_cluster, synthetic_r
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, synthetic_root, tmp_path):
     """SIGKILL a Train worker mid-run: Ray restarts the worker group, which resumes from the last checkpoint —
     the recorded start steps prove the second start was not at step 0."""
-    cfg = tiny_ddpm(steps=12, checkpoint_every=3, grad_accum=1)
+    cfg = tiny_ddpm(steps=15, checkpoint_every=3, grad_accum=1)
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     storage = tmp_path / "st"
@@ -89,9 +89,10 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, synthetic_r
     def killer() -> None:
         deadline = time.time() + 240
         while time.time() < deadline:
+            # two checkpoints on disk: the first one is surely registered by Train's checkpoint manager
             ckpts = list(storage.glob("ddpm/*/ddpm-*/checkpoint_*/progress.json"))
             pids = list(pid_dir.glob("worker-*.pid"))
-            if ckpts and pids:
+            if len(ckpts) >= 2 and pids:
                 step = max(json.loads(p.read_text())["step"] for p in ckpts)
                 pid = int(pids[0].read_text())
                 os.kill(pid, signal.SIGKILL)
@@ -106,7 +107,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, synthetic_r
     t.join(timeout=5)
     assert killed, "the test never saw a checkpoint to kill after"
     meta = json.loads((path / "dia_ray_ddpm.json").read_text())
-    assert meta["step"] == 12
+    assert meta["step"] == 15
     assert len(meta["starts"]) == 2, meta["starts"]
     assert meta["starts"][0] == 0 and meta["starts"][1] >= 3, meta["starts"]
 
@@ -153,7 +154,12 @@ def test_interrupted_train_run_continues_from_its_checkpoint(ray_cluster, synthe
     proc = subprocess.Popen([sys.executable, "-m", "dia_ray", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(tmp_path.glob("runs/synthetic/*/checkpoint_*/progress.json")):
+
+    def registered() -> bool:  # a checkpoint Train's checkpoint manager has recorded (what a restart resumes from)
+        snaps = list(tmp_path.glob("runs/synthetic/*/checkpoint_manager_snapshot.json"))
+        return bool(snaps) and "checkpoint_" in snaps[0].read_text()
+
+    while time.time() < deadline and not registered():
         time.sleep(0.5)
     proc.kill()
     proc.wait()
