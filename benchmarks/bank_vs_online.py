@@ -83,6 +83,7 @@ def bank_builds(ref, ddpm: Path, work: Path, t_range, args) -> tuple[dict, Path]
                       batch_size=64, num_cpus_per_actor=0.5, progress=False)
     pool_wall = time.perf_counter() - t0
     ray.shutdown()
+    one_thread = dissolve_throughput_one_thread(ref, ddpm, t_range, args.versions)
     rows = local.manifest.counts.rows
     lb, pb = local.manifest.build, pool.manifest.build
     out = {
@@ -95,9 +96,35 @@ def bank_builds(ref, ddpm: Path, work: Path, t_range, args) -> tuple[dict, Path]
         "local_loop": {"threads": __import__("torch").get_num_threads(), "seconds": lb["seconds"],
                        "images_versions_per_s": lb["rows_per_s"]},
         "ratio_ray_over_local": round(pb["rows_per_s"] / lb["rows_per_s"], 3),
-        "note": "pool seconds include starting 2 actors (import torch/diffusers, load the DDPM) and the Parquet write",
+        "local_1_thread_dissolve_only": one_thread,
+        "note": "pool seconds include starting 2 actors (import torch/diffusers, load the DDPM) and the Parquet write; "
+                "local_1_thread_dissolve_only is what one single-threaded actor's work runs at in this process (no "
+                "I/O), to tell the pool's parallelism apart from the 2-thread loop's OpenMP overhead",
     }
     return out, local.path
+
+
+def dissolve_throughput_one_thread(ref, ddpm: Path, t_range, versions: int, images: int = 128) -> dict:
+    """Rows/s of :func:`dissolve_rows` on ``images`` images with torch limited to 1 thread (an actor's setting)."""
+    import torch
+
+    from dia_ray.distributed.bank import BankRecipe, _load_dissolver, dissolve_rows
+
+    recipe = BankRecipe(str(ddpm), *t_range, versions, 32, 0, "raw01", False)
+    dissolver = _load_dissolver(recipe, "cpu")
+    pixels = ref.load().train.images[:images]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dissolve_rows(dissolver, [0], pixels[:1], recipe)  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, images, 64):
+            dissolve_rows(dissolver, list(range(start, start + 64)), pixels[start : start + 64], recipe)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    return {"images": images, "rows": images * versions, "seconds": round(seconds, 2),
+            "images_versions_per_s": round(images * versions / seconds, 2)}
 
 
 def speed(data, bank_versions, online, args) -> dict:

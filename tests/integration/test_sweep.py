@@ -83,10 +83,20 @@ def test_killed_sweep_driver_resumes_keeping_every_finished_trial_once(ray_clust
     while time.time() < deadline and not list(records.glob("*.jsonl")):
         time.sleep(0.5)
     first = {p.name: p.read_text() for p in records.glob("*.jsonl")}
+    # the leaderboard of a sweep that is still running shows the trials that finished
+    board = subprocess.run([sys.executable, "-m", "dia_ray", "leaderboard", str(storage), "--format", "csv"],
+                           capture_output=True, text=True, timeout=300, env=_env())
+    running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert first, "no trial finished before the kill"
     assert len(first) < 3, "the sweep finished before it could be killed"
+    assert running and board.returncode == 0, board.stderr
+    import pandas as pd
+
+    table = pd.read_csv(storage / "leaderboard" / "leaderboard.csv")
+    finished = {json.loads(t.splitlines()[0])["method"] for t in first.values()}
+    assert finished <= set(table["method"]) and len(table) >= len(finished)
     time.sleep(2)
     out = _sweep(str(sweep), "--storage", str(storage), "--data-root", str(synthetic_root), "--address",
                  ray_cluster.get_runtime_context().gcs_address, "--resume")
