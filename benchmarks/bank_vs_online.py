@@ -57,10 +57,10 @@ def mean_std(values: list[float]) -> dict[str, float | list[float]]:
 
 
 def train_ddpm_briefly(images, args, out: Path) -> Path:
+    import torch
+
     from dia_ray.algo.ddpm import new_state, save_ddpm, train_ddpm
     from dia_ray.distributed.pipeline import ddpm_config
-
-    import torch
 
     cfg = ddpm_config("synthetic", "tiny", steps=args.ddpm_steps, batch_size=args.ddpm_batch)
     t0 = time.perf_counter()
@@ -70,10 +70,11 @@ def train_ddpm_briefly(images, args, out: Path) -> Path:
 
 
 def bank_builds(ref, ddpm: Path, work: Path, t_range, args) -> tuple[dict, Path]:
+    import ray
+    import torch
+
     from dia_ray.distributed.bank import build_bank, build_bank_local
     from dia_ray.distributed.runtime import connect
-
-    import ray
 
     local = build_bank_local(ref, ddpm, work / "storage-local", t_range=t_range, versions=args.versions,
                              batch_size=64)
@@ -93,7 +94,7 @@ def bank_builds(ref, ddpm: Path, work: Path, t_range, args) -> tuple[dict, Path]
                            "actors_used": len(pb["actors_used"]), "seconds": pb["seconds"],
                            "images_versions_per_s": pb["rows_per_s"],
                            "seconds_incl_ray_start_and_manifest": round(pool_wall, 2)},
-        "local_loop": {"threads": __import__("torch").get_num_threads(), "seconds": lb["seconds"],
+        "local_loop": {"threads": torch.get_num_threads(), "seconds": lb["seconds"],
                        "images_versions_per_s": lb["rows_per_s"]},
         "ratio_ray_over_local": round(pb["rows_per_s"] / lb["rows_per_s"], 3),
         "local_1_thread_dissolve_only": one_thread,

@@ -46,7 +46,8 @@ def t_range_for(cfg: TrainConfig, spec_t_range: tuple[int, int]) -> tuple[int, i
 
 
 def load_train_data(cfg: TrainConfig, ref: DataRef):
-    """(DIAData, spec) with the config's optional subsampling (deterministic for the seed-independent split)."""
+    """(DIAData, spec, train indices) with the config's optional subsampling (deterministic, seed-independent).
+    The indices map the used training images to rows of the full normal train split (a bank is built over it)."""
     import numpy as np
 
     from dia_ray.algo.loops import DIAData
@@ -54,8 +55,10 @@ def load_train_data(cfg: TrainConfig, ref: DataRef):
     ds = ref.load()
     train, test, labels = ds.train.images, ds.test.images, ds.test.labels
     rng = np.random.default_rng(12345)
+    train_idx = np.arange(len(train))
     if cfg.max_train_images and len(train) > cfg.max_train_images:
-        train = train[np.sort(rng.choice(len(train), cfg.max_train_images, replace=False))]
+        train_idx = np.sort(rng.choice(len(train), cfg.max_train_images, replace=False))
+        train = train[train_idx]
     if cfg.max_test_images and len(test) > cfg.max_test_images:
         keep = []
         for cls in (0, 1):  # stratified: keep the normal/anomaly ratio
@@ -63,7 +66,7 @@ def load_train_data(cfg: TrainConfig, ref: DataRef):
             keep.append(rng.choice(idx, max(1, round(cfg.max_test_images * len(idx) / len(labels))), replace=False))
         sel = np.sort(np.concatenate(keep))
         test, labels = test[sel], labels[sel]
-    return DIAData.from_arrays(train, test, labels), ds.spec
+    return DIAData.from_arrays(train, test, labels), ds.spec, train_idx
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -84,14 +87,14 @@ def _worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.model_validate(config["train"])
     ref = DataRef(**config["data"])
     device = get_device() if config["use_gpu"] else torch.device("cpu")
-    data, spec = load_train_data(cfg, ref)
+    data, spec, train_idx = load_train_data(cfg, ref)
     d = cfg.dissolve
     unet = alphas = versions = None
     if d.kind == "diffusion":
         if config.get("bank_path"):
             from dia_ray.distributed.bank import load_bank_versions
 
-            versions = load_bank_versions(config["bank_path"], len(data.train))
+            versions = load_bank_versions(config["bank_path"], len(data.train), indices=train_idx)
         else:
             unet, scheduler, _ = load_ddpm(config["ddpm_path"], use_ema=d.use_ema, device=device)
             alphas = scheduler.alphas_cumprod

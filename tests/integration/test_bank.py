@@ -112,7 +112,8 @@ def test_training_with_the_bank_runs_no_unet(pool_bank, ddpm, ref, monkeypatch):
     x = to_float01(torch.from_numpy(data.train.images[:16]))
     idx = torch.arange(16)
     unet, scheduler, _ = load_ddpm(ddpm)
-    online = DiffusionDissolver(unet, scheduler.alphas_cumprod, T_RANGE, 32)(x, idx, 4, torch.Generator().manual_seed(0))
+    online_dissolver = DiffusionDissolver(unet, scheduler.alphas_cumprod, T_RANGE, 32)
+    online = online_dissolver(x, idx, 4, torch.Generator().manual_seed(0))
 
     def no_unet(*args, **kwargs):
         raise AssertionError("a UNet ran during bank-mode training")
