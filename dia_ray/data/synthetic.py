@@ -1,7 +1,8 @@
 """A generated fine-grained anomaly dataset, written in the real on-disk layouts so the real readers are exercised.
 
-Normal and anomalous images come from the *same* coarse generator — smooth organ-like blobs (ellipses with a
-wobbly boundary and soft edges) on a low-frequency intensity field, plus mild pixel noise. Anomalies only add
+Normal and anomalous images come from the *same* coarse generator — a chest-radiograph-like anatomy with a
+canonical orientation (two soft-edged lung fields, mediastinum, diaphragm dome, a vertical gradient) jittered per
+image, on a low-frequency intensity field, plus mild pixel noise. Anomalies only add
 fine detail of little pixel mass: a few 1–2 px specks, a short 1-px-thin line, a small checkerboard patch, each
 with a random sign. Mean intensity and a blurred / downsampled image therefore carry (almost) no signal, the
 high frequencies carry all of it: the regime DIA is built for (dissolving removes exactly the fine detail).
@@ -33,27 +34,40 @@ FOLDER_SIZE = 64
 _NOISE = 0.02
 
 
+def _soft_ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, a: float, b: float, theta: float,
+                  wobble: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A soft-edged (~3 px) ellipse mask with a slightly wobbly boundary."""
+    u = ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / a
+    v = (-(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)) / b
+    rho, phi = np.hypot(u, v), np.arctan2(v, u)
+    w = sum(rng.uniform(0, wobble) * np.cos(k * phi + rng.uniform(0, 2 * np.pi)) for k in (2, 3))
+    width = 2.0 / (size * min(a, b))  # the boundary itself is not fine detail
+    return 1.0 / (1.0 + np.exp(-np.clip((1.0 + w - rho) / width, -30, 30)))
+
+
 def _coarse(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse structure: (size, size) float image in about [0.1, 0.9] and the soft mask of its main blob."""
+    """Coarse structure: a chest-radiograph-like "anatomy" with a canonical orientation — two dark lung fields left
+    and right of a bright mediastinum, a bright diaphragm dome at the bottom, a top-to-bottom intensity gradient —
+    jittered in position, size and intensity. Like real radiographs (and unlike rotation-symmetric blobs) a rotated
+    image is visibly "wrong", which CSI's rotation shifts rely on. Returns the (size, size) float image in about
+    [0.1, 0.9] and the soft mask of the lungs, where lesions go."""
     yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
-    img = np.full((size, size), rng.uniform(0.3, 0.45))
+    img = rng.uniform(0.5, 0.62) + rng.uniform(0.08, 0.16) * (0.5 - yy)  # brighter towards the top
     for _ in range(2):  # low-frequency field: at most ~1.5 cycles per image
         fx, fy = rng.uniform(-1.5, 1.5, size=2)
-        img += rng.uniform(0.02, 0.06) * np.cos(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
-    for j in range(int(rng.integers(1, 4))):
-        cx, cy = rng.uniform(0.3, 0.7, size=2)
-        a, b = rng.uniform(0.15, 0.32, size=2)
-        theta = rng.uniform(0, np.pi)
-        u = ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / a
-        v = (-(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)) / b
-        rho, phi = np.hypot(u, v), np.arctan2(v, u)
-        wobble = sum(rng.uniform(0, 0.12) * np.cos(k * phi + rng.uniform(0, 2 * np.pi)) for k in (2, 3))
-        width = 2.0 / (size * min(a, b))  # soft edge of ~3 px: the boundary itself is not fine detail
-        mask = 1.0 / (1.0 + np.exp(-np.clip((1.0 + wobble - rho) / width, -30, 30)))
-        if j == 0:
-            main = mask  # the bright "organ"; further blobs may be brighter or darker structures
-        img += (1.0 if j == 0 else rng.choice([-1.0, 1.0])) * rng.uniform(0.15, 0.3) * mask
-    return img, main
+        img = img + rng.uniform(0.01, 0.04) * np.cos(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
+    lungs = np.zeros((size, size))
+    gap = rng.uniform(0.09, 0.14)
+    cy = rng.uniform(0.4, 0.5)
+    for side in (-1, 1):
+        cx = 0.5 + side * (gap + rng.uniform(0.12, 0.16))
+        a, b = rng.uniform(0.13, 0.17), rng.uniform(0.25, 0.31)
+        lungs = np.maximum(lungs, _soft_ellipse(xx, yy, cx, cy, a, b, side * rng.uniform(0.05, 0.2), 0.06, size, rng))
+    img = img - rng.uniform(0.28, 0.38) * lungs
+    dome_y = rng.uniform(0.76, 0.82) + 0.6 * (xx - 0.5 - rng.uniform(-0.05, 0.05)) ** 2  # highest in the middle
+    img = img + rng.uniform(0.2, 0.28) / (1.0 + np.exp(-np.clip((yy - dome_y) * size / 1.5, -30, 30)))
+    img = img + rng.uniform(0.08, 0.14) * np.exp(-(((xx - 0.5) / 0.06) ** 2)) * (yy < dome_y)  # mediastinum
+    return img, lungs
 
 
 def _fine_detail(rng: np.random.Generator, size: int, where: np.ndarray) -> np.ndarray:

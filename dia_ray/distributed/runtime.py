@@ -15,7 +15,7 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True,
             progress_bars: bool = False) -> None:
-    """``ray.init`` once: ``address=None`` starts a local Ray bound to 127.0.0.1 (no dashboard), otherwise connects
+    """``ray.init`` once: ``address=None`` starts a local Ray bound to 127.0.0.1 (dashboard on loopback), otherwise connects
     (``auto`` or ``ray://host:10001`` or ``host:6379``)."""
     import ray
 
@@ -28,7 +28,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
             ray.init(address=address, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own loopback-only cluster
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+            # The dashboard (bound to loopback) also serves the State API that Ray Train's controller polls.
+            ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                           _node_ip_address="127.0.0.1", **kwargs)
+            if getattr(ctx, "dashboard_url", None):
+                log.info("local Ray started; dashboard at http://%s", ctx.dashboard_url)
     except ConnectionError as err:
         raise ClusterError(f"cannot connect to Ray at '{address}': {err}") from None
     import ray.data
@@ -72,3 +76,6 @@ def worker_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
+    for noisy in ("ray.train", "ray.tune", "ray.data"):  # their per-report INFO lines drown the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
