@@ -43,7 +43,8 @@ def dissolve(
     inp = y if input_range == "raw01" else y * 2.0 - 1.0
     a = alphas_cumprod.to(device=y.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
     eps = unet(inp, t).sample.to(torch.float32)
-    out = (inp.float() / a.sqrt() - (1.0 / a - 1.0).sqrt() * eps).clamp(-1.0, 1.0)
+    # sqrt((1 - a) / a), not sqrt(1/a - 1): 1 - ᾱ is exact in float32, 1/ᾱ - 1 cancels badly for small t
+    out = (inp.float() / a.sqrt() - ((1.0 - a) / a).sqrt() * eps).clamp(-1.0, 1.0)
     return out if input_range == "raw01" else (out + 1.0) / 2.0
 
 

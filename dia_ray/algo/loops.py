@@ -183,15 +183,16 @@ def train_epoch(state: DIAState, data: DIAData, cfg: TrainConfig, dissolver: Dis
     sums = {"loss": 0.0, "loss_sim": 0.0, "loss_shift": 0.0}
     iters, t0 = 0, time.perf_counter()
     for it, idx in enumerate(epoch_batches(n, b, state.epoch, cfg.seed, cfg.max_iters_per_epoch, rank, world)):
-        lr = lr_at(fractional_epoch(state.epoch, it, length), cfg.optim)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
         x = to_float01(data.train[idx]).to(device)
         views, labels, n_branches = build_views(x, idx, cfg, dissolver, state.generator)
         loss, parts = contrastive_loss(model, views, labels, n_branches, cfg)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
+        # the reference steps its scheduler after the optimiser with the fractional epoch: update n runs at
+        # lr(e + (n-1)/L), the first update at the optimiser's initial lr (0.1)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(fractional_epoch(state.epoch, it, length), cfg.optim)
         state.step += 1
         state.images_seen += len(idx) * world
         iters += 1

@@ -5,6 +5,7 @@ a blur baseline, 2 seeds) and the leaderboard. Re-running it resumes: finished w
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def run_demo(storage: str | Path, *, sweep_file: str | Path | None = None, stage
     connect(None)
     res = sweep.resources
     stage("[2/5] DDPM on the normal training images (Ray Train)")
+    # nothing else runs yet: the DDPM gets every local CPU (torch threads), the sweep's trials share them later
     ddpm = ensure_ddpm(ref, ddpm_config(dataset, sweep.budget, **sweep.ddpm), root,
-                       Placement(workers=res.workers), res.cpus_per_worker)
+                       Placement(workers=res.workers), float(os.cpu_count() or 1))
     stage("[3/5] dissolved bank (Ray Data actor pool -> Parquet)")
     cfg = sweep.train_config(dataset, {}, sweep.seeds[0])
     b = sweep.bank

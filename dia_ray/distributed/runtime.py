@@ -76,6 +76,8 @@ def worker_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
-    for noisy in ("ray.train", "ray.tune", "ray.data"):  # their per-report INFO lines drown the progress
+    # Ray Train/Tune/Data's per-report INFO lines (some on loggers named after files, under the root logger)
+    # drown the progress lines; dia_ray's own logger does not propagate, so this keeps only warnings of theirs.
+    for noisy in ("", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

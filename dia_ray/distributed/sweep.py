@@ -137,7 +137,8 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             cfg, ref, ctx["storage"], workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0,
             cpus_per_worker=res["cpus_per_worker"], ddpm_path=ddpm, bank_path=bank,
             run_dir=ctx["train_dir"], record_file=Path(ctx["records_dir"]) / f"{run_key(cfg)}.jsonl",
-            extra={"sweep": sweep.name, "trial_id": trial_id}, params={"sweep_params": params},
+            extra={"sweep": sweep.name, "trial_id": trial_id},
+            params={k: v for k, v in params.items() if k != "method"},
             max_failures=1,
         )
         values.append(getattr(rec, sweep.metric))

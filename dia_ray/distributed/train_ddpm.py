@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dia_ray.config import DDPMConfig, stable_hash
-from dia_ray.distributed.checkpointing import report_with_checkpoint, validate_resume
+from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoint, restore, validate_resume,
+                                               worker_device)
 from dia_ray.distributed.storage import atomic_publish, ensure_writable, staging_dir
 from dia_ray.errors import CheckpointError
 
@@ -64,30 +65,15 @@ def _worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker: the plain loop of dia_ray.algo.ddpm with checkpoint/restore around it."""
     import ray.train
     import torch
-    from ray.train.torch import get_device, prepare_model
+    from ray.train.torch import prepare_model
 
     from dia_ray.algo.ddpm import new_state, save_ddpm, train_ddpm
 
-    from dia_ray.distributed.runtime import worker_logging
-
-    worker_logging()
-    torch.set_num_threads(config["threads"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = worker_device(config)
     cfg = DDPMConfig.model_validate(config["ddpm"])
-    ref = DataRef(**config["data"])
-    device = get_device() if config["use_gpu"] else torch.device("cpu")
-    images = torch.from_numpy(ref.load().train.images)
+    images = torch.from_numpy(DataRef(**config["data"]).load().train.images)
     state = new_state(cfg, device)
-    starts: list[int] = []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state.load_state_dict(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True))
-            starts = json.loads((Path(d) / PROGRESS_FILE).read_text())["starts"]
-    starts.append(state.step)
-    if config.get("pid_dir") and rank == world - 1:  # lets the fault-injection test find a worker process
-        Path(config["pid_dir"], f"worker-{rank}.pid").write_text(str(os.getpid()))
+    rank, world, starts = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "step")
     if world > 1:
         state.unet = prepare_model(state.unet, move_to_device=device)
 
@@ -136,9 +122,6 @@ def train_ddpm_ray(
 ) -> Path:
     """Train (or resume, or reuse) the DDPM for ``ref``; returns the published model folder
     (``STORAGE/ddpm/<key>/model``). ``workers=0`` is Ray Train's local mode (in-process, for unit tests)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     root = ensure_writable(storage)
     key = ddpm_key(ref, cfg)
     home = ddpm_dir(root, key)
@@ -148,31 +131,14 @@ def train_ddpm_ray(
         return existing
     if force and home.exists():
         shutil.rmtree(home)
-    config = {
-        "ddpm": cfg.model_dump(mode="json"),
-        "data": ref.__dict__,
-        "use_gpu": use_gpu,
-        "threads": max(1, int(cpus_per_worker)),
-        "pid_dir": pid_dir,
-        "step_delay": step_delay,
-        "local": workers == 0,
-    }
+    config = {"ddpm": cfg.model_dump(mode="json"), "data": ref.__dict__, "pid_dir": pid_dir,
+              "step_delay": step_delay}
     run_name = f"ddpm-{key}"
     validate_resume(home / run_name, STATE_FILE, (PROGRESS_FILE,))
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(home),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-        ),
-    )
     log.info("training DDPM %s: %d steps, global batch %d, %d worker(s)", key, cfg.steps, cfg.global_batch, workers)
-    result = trainer.fit()
+    result = fit_trainer(_worker, config, name=run_name, storage_path=home, workers=workers, use_gpu=use_gpu,
+                         cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+                         keep_checkpoints=keep_checkpoints)
     if result.checkpoint is None:
         raise CheckpointError(f"DDPM run {key} finished without a checkpoint (see {home})")
     staging = staging_dir(home / "model")

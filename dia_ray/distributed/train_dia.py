@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dia_ray.config import TrainConfig
-from dia_ray.distributed.checkpointing import report_with_checkpoint, validate_resume
+from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoint, restore, validate_resume,
+                                               worker_device)
 from dia_ray.distributed.storage import ensure_writable
 from dia_ray.distributed.train_ddpm import DataRef
 from dia_ray.errors import CheckpointError
@@ -72,21 +73,15 @@ def load_train_data(cfg: TrainConfig, ref: DataRef):
 def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
-    from ray.train.torch import get_device, prepare_model
+    from ray.train.torch import prepare_model
 
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.algo.dissolve import make_dissolver
     from dia_ray.algo.loops import fit, new_dia_state
 
-    from dia_ray.distributed.runtime import worker_logging
-
-    worker_logging()
-    torch.set_num_threads(config["threads"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = worker_device(config)
     cfg = TrainConfig.model_validate(config["train"])
     ref = DataRef(**config["data"])
-    device = get_device() if config["use_gpu"] else torch.device("cpu")
     data, spec, train_idx = load_train_data(cfg, ref)
     d = cfg.dissolve
     unet = alphas = versions = None
@@ -102,16 +97,9 @@ def _worker(config: dict[str, Any]) -> None:
         d.kind, t_range=t_range_for(cfg, spec.t_range), resolution=d.resolution, input_range=d.input_range,
         kernel_size=d.kernel_size, blur_resize=d.blur_resize_to_resolution, autocast_bf16=d.autocast_bf16,
         unet=unet, alphas_cumprod=alphas, bank_versions=versions)
+    rank = ray.train.get_context().get_world_rank()
     state = new_dia_state(cfg, device, rank)
-    starts: list[int] = []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as cd:
-            state.load_state_dict(torch.load(Path(cd) / STATE_FILE, map_location=device, weights_only=True))
-            starts = json.loads((Path(cd) / PROGRESS_FILE).read_text())["starts"]
-    starts.append(state.epoch)
-    if config.get("pid_dir") and rank == world - 1:
-        Path(config["pid_dir"], f"worker-{rank}.pid").write_text(str(os.getpid()))
+    rank, world, starts = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "epoch")
     if world > 1:
         if config["use_gpu"]:
             state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(state.model)
@@ -141,6 +129,7 @@ def _worker(config: dict[str, Any]) -> None:
                     "images_per_s": st.images_seen / st.train_seconds if st.train_seconds else 0.0,
                     "workers": world, "device": device.type, "starts": starts, "history": st.history,
                     "n_train": len(data.train), "n_test": len(data.test),
+                    "t_range": list(t_range_for(cfg, spec.t_range)) if d.kind == "diffusion" else None,
                 }
                 (tmp / FINAL_FILE).write_text(json.dumps(final))
 
@@ -179,9 +168,6 @@ def train_dia_ray(
 ) -> ResultRecord:
     """Train (or resume) one run and return its result record, written to ``record_file`` (default
     ``STORAGE/results/train/<run>.jsonl``) when it finishes. A run whose record exists is not trained again."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     root = ensure_writable(storage)
     out = Path(record_file) if record_file else record_path(root, cfg)
     done = read_record(out)
@@ -193,32 +179,18 @@ def train_dia_ray(
     config = {
         "train": cfg.model_dump(mode="json"),
         "data": ref.__dict__,
-        "use_gpu": use_gpu,
-        "threads": max(1, int(cpus_per_worker)),
         "ddpm_path": str(ddpm_path) if ddpm_path else None,
         "bank_path": str(bank_path) if bank_path else None,
         "checkpoint_every": checkpoint_every,
         "pid_dir": pid_dir,
         # fault-injection tests slow epochs down (argument or DIA_RAY_EPOCH_DELAY) to have time to kill things
         "epoch_delay": epoch_delay or float(os.environ.get("DIA_RAY_EPOCH_DELAY", "0")),
-        "local": workers == 0,
     }
     runs = Path(run_dir or (root / "runs" / cfg.dataset))
     validate_resume(runs / f"run-{run_key(cfg)}", STATE_FILE, (PROGRESS_FILE,))
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(
-            name=f"run-{run_key(cfg)}",
-            storage_path=str(runs),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-            callbacks=callbacks or None,
-        ),
-    )
-    result = trainer.fit()
+    result = fit_trainer(_worker, config, name=f"run-{run_key(cfg)}", storage_path=runs, workers=workers,
+                         use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+                         keep_checkpoints=keep_checkpoints, callbacks=callbacks)
     if result.checkpoint is None:
         raise CheckpointError(f"run {run_key(cfg)} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -239,7 +211,8 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, par
     import dia_ray
 
     d = cfg.dissolve
-    p = {"t_min": d.t_min, "t_max": d.t_max, "kernel_size": d.kernel_size if d.kind in ("gaussian", "median") else None,
+    t_range = final.get("t_range") or (None, None)
+    p = {"t_min": t_range[0], "t_max": t_range[1], "kernel_size": d.kernel_size if d.kind in ("gaussian", "median") else None,
          "resolution": d.resolution if d.kind != "none" else None, "shift": cfg.shift, "loss_mode": cfg.loss_mode,
          "backbone": cfg.backbone, "epochs": cfg.epochs, "batch_size": cfg.batch_size}
     p.update(params or {})

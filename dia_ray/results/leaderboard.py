@@ -96,7 +96,9 @@ def build(source: Collection | pd.DataFrame, by: By = "method", compare_paper: b
     if compare_paper:
         table = _paper(table)
     table = table.iloc[_row_order(table)].reset_index(drop=True)
-    return _with_notes(table.reindex(columns=columns), by, compare_paper)
+    out = _with_notes(table.reindex(columns=columns), by, compare_paper)
+    out.attrs["params"] = list(table["params_dict"])  # for the compact renderings (only varying params)
+    return out
 
 
 def _summarise(runs: pd.DataFrame) -> dict:
@@ -235,13 +237,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def _varying_params(df: pd.DataFrame) -> list[str]:
+    """Per row, only the parameters whose values differ between rows (the full set is in csv/json/html)."""
+    dicts = [dict(d or {}) for d in df.attrs.get("params", [])]
+    if len(dicts) != len(df) or len(df) < 2:
+        return ["–"] * len(df)
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+    return [format_params({k: d.get(k) for k in varying if d.get(k) is not None}) or "–" for d in dicts]
+
+
 def _compact(df: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns for markdown and the terminal: 'mean ± std' cells, CI as [low, high]."""
     out = pd.DataFrame({
         "Dataset": df["dataset_title"],
         "Method": df["method"],
         "Config": df["config_hash"].str.slice(0, 8),
-        "Params": df["params"].replace("", "–"),
+        "Params": _varying_params(df),
         "n": df["n_seeds"].astype(int).astype(str),
         "AUROC (last)": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["auroc_mean"], df["auroc_std"])],
         "95% CI": ["–" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"

@@ -58,12 +58,12 @@ def plot_auroc(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         xs = np.array([datasets.index(t) for t in rows["dataset_title"]]) + (k - (len(series) - 1) / 2) * width
         ax.bar(xs, rows["auroc_mean"], width * 0.9, yerr=rows["auroc_std"].fillna(0.0), capsize=3,
                label=name, color=_color(rows["method"].iloc[0]))
-        if "paper_mean" in rows:
-            has = rows["paper_mean"].notna().to_numpy()
+        has = rows["paper_mean"].notna().to_numpy() if "paper_mean" in rows else np.zeros(len(rows), bool)
+        if has.any():
             ax.plot(xs[has], rows["paper_mean"].to_numpy()[has], linestyle="none", marker="_", markersize=max(
                 8.0, 150 * width), markeredgewidth=2.5, color="black",
                 label=None if paper_labelled else "paper (best-test epoch)")
-            paper_labelled = paper_labelled or bool(has.any())
+            paper_labelled = True
     low = float(np.nanmin([df["auroc_mean"].min(), df.get("paper_mean", df["auroc_mean"]).min()]))
     ax.set_ylim(max(0.0, min(0.5, math.floor((low - 0.05) * 10) / 10)), 1.0)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dia_ray.config import DDPMConfig, TrainConfig, UNetConfig
+from dia_ray.config import DDPMConfig, UNetConfig
 from dia_ray.distributed.train_ddpm import DataRef, train_ddpm_ray
 
 pytestmark = pytest.mark.integration

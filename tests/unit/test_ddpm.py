@@ -36,8 +36,7 @@ TINY_UNET = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attentio
 
 
 def _tiny(**over) -> DDPMConfig:
-    base = dict(steps=1, batch_size=8, grad_accum=1, unet=TINY_UNET)
-    return DDPMConfig(**{**base, **over})
+    return DDPMConfig(**{"steps": 1, "batch_size": 8, "grad_accum": 1, "unet": TINY_UNET, **over})
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from dia_ray.algo import losses
-from dia_ray.algo.losses import amplified_nt_xent, normalize, shift_loss, similarity_mask
+from dia_ray.algo.loops import contrastive_loss
+from dia_ray.algo.losses import (
+    amplified_nt_xent,
+    normalize,
+    shift_loss,
+    similarity_mask,
+)
 from dia_ray.config import TrainConfig
 
 TAU = 0.5
@@ -171,8 +177,6 @@ class _FixedHeads(nn.Module):
 
 @pytest.mark.parametrize("branches", [3, 2])
 def test_total_loss_is_sim_plus_shift_over_every_view(branches):
-    from dia_ray.algo.loops import contrastive_loss
-
     b, k = 2, 4
     n = b * k
     g = torch.Generator().manual_seed(7)

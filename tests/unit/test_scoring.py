@@ -12,7 +12,14 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dia_ray.algo import scoring
-from dia_ray.algo.scoring import CSIWeights, Features, auroc, csi_score, csi_weights, extract_features
+from dia_ray.algo.scoring import (
+    CSIWeights,
+    Features,
+    auroc,
+    csi_score,
+    csi_weights,
+    extract_features,
+)
 
 K = 4
 
