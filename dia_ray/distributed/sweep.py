@@ -30,12 +30,13 @@ from dia_ray.sweepfile import Param, SweepFile, decode_params, encode_choice
 
 log = logging.getLogger(__name__)
 
-# Training throughput at 28 px (images/s) used only by --dry-run cost estimates. CPU: the reference step measured on
-# this project's 2-core machine kind (ALGORITHM.md §10). A100: ESTIMATES, not measured here (from the FLOP count of
+# Training throughput at 28 px (images/s) used only by --dry-run cost estimates. CPU: measured by `dia-ray demo` on
+# this project's 2-core machine kind (one torch thread per trial, ResNet-18 imagenet stem, batch 32; the reference
+# code's step does 1.75 img/s there, ALGORITHM.md §10). A100: ESTIMATES, not measured here (from the FLOP count of
 # 12 ResNet-18 views per image at ~40 TFLOP/s effective). Cost grows ~linearly with pixels on CPU and ~with their
 # square root on an A100 (small images leave it underused).
 THROUGHPUT_ESTIMATE = {
-    ("cpu", "dia"): 1.75, ("cpu", "csi"): 4.35, ("cpu", "blur"): 2.32,
+    ("cpu", "dia"): 20.0, ("cpu", "csi"): 28.0, ("cpu", "blur"): 19.0,
     ("a100", "dia"): 1500.0, ("a100", "csi"): 2300.0, ("a100", "blur"): 1800.0,
 }
 # (normal train images, test images) per dataset, for the estimates (ALGORITHM.md §6).
