@@ -77,8 +77,8 @@ def require_shared_storage(storage: str, nodes: int, mounts_text: str | None = N
     raise StorageError(
         f"storage '{storage}' is node-local ({fstype} mounted at {point}) but the cluster has {nodes} nodes: trials "
         "on other nodes would write to their own disks and resume/leaderboard would miss them; use a shared "
-        "filesystem mounted at the same path on every node (NFS/EFS/Filestore, e.g. /mnt/shared/dia-ray) or an "
-        "object-store URI (s3://bucket/prefix, gs://bucket/prefix)")
+        "filesystem mounted at the same path on every node (NFS/EFS/Filestore or a FUSE-mounted bucket, e.g. "
+        "/mnt/shared/dia-ray)")
 
 
 def alive_node_count() -> int:
