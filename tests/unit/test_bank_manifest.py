@@ -223,7 +223,19 @@ def test_an_invalid_bank_in_storage_is_rebuilt(built, ddpm, tmp_path):
     assert rebuilt.built and verify_bank(rebuilt.path).content_hash == info.manifest.content_hash
 
 
-def test_no_ray_cluster_was_started():
-    import ray
+def test_the_local_builder_and_the_manifest_checks_never_start_ray(ddpm, synthetic_root, tmp_path):
+    """Run in a fresh interpreter: the session's shared cluster (integration tests) must not hide a stray init."""
+    import subprocess
+    import sys
 
-    assert not ray.is_initialized()
+    code = (
+        "import ray\n"
+        "from dia_ray.distributed.bank import build_bank_local, verify_bank, bank_info\n"
+        "from dia_ray.distributed.train_ddpm import DataRef\n"
+        f"info = build_bank_local(DataRef('synthetic', {str(synthetic_root)!r}), {str(ddpm)!r}, {str(tmp_path)!r},"
+        " t_range=(30, 130), versions=1, batch_size=256)\n"
+        "verify_bank(info.path); bank_info(info.path)\n"
+        "assert not ray.is_initialized(), 'a Ray cluster was started'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
