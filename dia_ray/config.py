@@ -162,11 +162,11 @@ def parse(model: type[BaseModel], data: dict[str, Any], what: str = "config") ->
 # `small`, which finishes on 2 CPU cores in minutes. Values are overrides of TrainConfig / DDPMConfig.
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"train": {}, "ddpm": {}},
-    "small": {
-        "train": {"epochs": 15, "max_iters_per_epoch": 20, "batch_size": 32,
-                  "eval": {"samples": 2, "every": 5, "max_train_images": 256}},
-        "ddpm": {"steps": 600, "batch_size": 32, "grad_accum": 1, "checkpoint_every": 200,
-                 "unet": {"block_out_channels": (32, 64, 64), "layers_per_block": 1, "attention_head_dim": 16}},
+    "small": {  # what `dia-ray demo` runs: DIA 0.70 vs CSI 0.62 on `synthetic`, ~1.5 min DDPM + ~1 min per run
+        "train": {"epochs": 6, "max_iters_per_epoch": 10, "batch_size": 32,
+                  "eval": {"samples": 2, "every": 3, "max_train_images": 256}},
+        "ddpm": {"steps": 200, "batch_size": 16, "grad_accum": 1, "checkpoint_every": 100,
+                 "unet": {"block_out_channels": (32, 64), "layers_per_block": 1, "attention_head_dim": 16}},
     },
     "tiny": {
         "train": {"epochs": 2, "max_iters_per_epoch": 2, "batch_size": 8,
