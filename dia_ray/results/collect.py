@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pydantic import ValidationError
 
 from dia_ray.errors import StorageError
+from dia_ray.storage import Storage
 from dia_ray.results.records import SCHEMA_VERSION, ResultRecord, upgrade
 
 PARAM_PREFIX = "param."  # flattened `params` columns in Collection.frame(): param.kernel_size, param.t_min, ...
@@ -29,7 +29,7 @@ PARAM_PREFIX = "param."  # flattened `params` columns in Collection.frame(): par
 class Collection:
     """The valid, de-duplicated records under ``root`` and what could not be read."""
 
-    root: Path
+    root: str  # the storage root (local path or URI)
     records: list[ResultRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # "path:line: reason", one per skipped thing
     files: int = 0  # *.jsonl files read
@@ -67,19 +67,20 @@ class Collection:
         return frame.reindex(columns=[*columns, *[c for c in frame.columns if c not in columns]])
 
 
-def collect(root: str | os.PathLike) -> Collection:
-    """Read every ``*.jsonl`` below ``root`` (recursively, in path order). Raises :class:`StorageError` only when
-    ``root`` is missing or not a directory; everything else unreadable lands in ``Collection.problems``."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise StorageError(f"storage root {root} does not exist (pass the --storage directory of a sweep or demo)")
-    if not root.is_dir():
-        raise StorageError(f"storage root {root} is not a directory (pass the --storage directory of a sweep or demo)")
-    out = Collection(root=root)
+def collect(root: str | os.PathLike | Storage) -> Collection:
+    """Read every ``*.jsonl`` below ``root`` (a local folder or a storage URI; recursively, in path order). Raises
+    :class:`StorageError` only when ``root`` is missing or not a folder; everything else unreadable lands in
+    ``Collection.problems``."""
+    st = root if isinstance(root, Storage) else Storage(root)
+    if not st.exists():
+        raise StorageError(f"storage root {st} does not exist (pass the --storage of a sweep or demo)")
+    if st.is_file():
+        raise StorageError(f"storage root {st} is not a directory (pass the --storage of a sweep or demo)")
+    out = Collection(root=st.uri)
     seen: set[str] = set()
-    for path in _jsonl_files(root):
+    for name in st.list(suffix=".jsonl"):
         out.files += 1
-        for record in _read_file(path, out.problems):
+        for record in _read_file(st, name, out.problems):
             if record.record_id in seen:
                 out.duplicates += 1
                 continue
@@ -88,23 +89,15 @@ def collect(root: str | os.PathLike) -> Collection:
     return out
 
 
-def _jsonl_files(root: Path) -> list[Path]:
-    # os.walk does not follow directory symlinks, so a link loop inside a storage root cannot hang the collector.
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found.extend(Path(dirpath) / name for name in sorted(filenames) if name.endswith(".jsonl"))
-    return found
-
-
-def _read_file(path: Path, problems: list[str]) -> list[ResultRecord]:
+def _read_file(st: Storage, name: str, problems: list[str]) -> list[ResultRecord]:
+    path = st.join(name)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = st.read_bytes(name).decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{path}: not a JSON-lines file (not UTF-8 text); skipped")
         return []
-    except OSError as err:
-        problems.append(f"{path}: cannot be read ({err.strerror or err}); skipped")
+    except StorageError as err:
+        problems.append(f"{err}; skipped")
         return []
     lines = text.split("\n")
     ends_cleanly = text.endswith("\n")

@@ -28,8 +28,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Iterable, Literal
 
 import numpy as np
@@ -376,23 +374,15 @@ def parse_formats(formats: Iterable[str] | None) -> list[str]:
     return wanted or list(FORMATS)
 
 
-def write_all(df: pd.DataFrame, out_dir: str | os.PathLike, formats: Iterable[str] | None = None) -> list[Path]:
-    """Write ``leaderboard.<fmt>`` for each format into ``out_dir``, each atomically (temp file, then rename)."""
-    out_dir = Path(out_dir)
-    return [atomic_write(out_dir / f"leaderboard.{fmt}", RENDERERS[fmt](df)) for fmt in parse_formats(formats)]
+def write_all(df: pd.DataFrame, out_dir: str | os.PathLike, formats: Iterable[str] | None = None) -> list[str]:
+    """Write ``leaderboard.<fmt>`` for each format into ``out_dir`` (a folder or a storage URI), each file whole."""
+    return [atomic_write(f"{str(out_dir).rstrip('/')}/leaderboard.{fmt}", RENDERERS[fmt](df))
+            for fmt in parse_formats(formats)]
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename: readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def atomic_write(location: str | os.PathLike, data: str | bytes) -> str:
+    """Write ``data`` to ``location`` (local path or storage URI) in one piece: readers never see half."""
+    from dia_ray.storage import Storage
+
+    parent, _, name = str(location).rpartition("/")
+    return Storage(parent or ".").write_bytes(data.encode("utf-8") if isinstance(data, str) else data, name)

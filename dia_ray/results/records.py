@@ -1,7 +1,7 @@
 """The result record: one JSON object per (dataset, method, config, seed) run, stored as JSON lines.
 
-Every trial appends its records to its own ``*.jsonl`` file under ``STORAGE/results/`` when it finishes, written to a
-temporary name and renamed, so a reader never sees half a line from a crashed writer (a truncated last line from an
+Every trial writes its records to its own ``*.jsonl`` file under the storage root when it finishes, in one piece
+(a local temp file renamed, or one object-store PUT), so a reader never sees half a line from a crashed writer (a truncated last line from an
 older writer is reported and skipped by the collector, see :mod:`dia_ray.results.collect`).
 Schema changes bump :data:`SCHEMA_VERSION`; :func:`upgrade` lifts older records.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,19 +70,11 @@ def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_records(path: str | os.PathLike, records: list[ResultRecord]) -> Path:
-    """Atomically write ``records`` as JSON lines to ``path`` (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec.model_dump(mode="json")) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_records(location: str | os.PathLike, records: list[ResultRecord]) -> str:
+    """Write ``records`` as JSON lines to ``location`` (a local path or a storage URI such as ``s3://b/p/x.jsonl``)
+    in one piece: a reader sees the whole file or none of it (:meth:`dia_ray.storage.Storage.write_bytes`)."""
+    from dia_ray.storage import Storage
+
+    text = "".join(json.dumps(rec.model_dump(mode="json")) + "\n" for rec in records)
+    parent, _, name = str(location).rstrip("/").rpartition("/")
+    return Storage(parent or ".").write_text(text, name)

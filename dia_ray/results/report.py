@@ -13,7 +13,7 @@ class Report:
     text: str  # the terminal rendering of the table
     summary: str  # the collector's one-line summary
     problems: list[str] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
     table: object = None  # the pandas DataFrame
 
 
@@ -25,15 +25,17 @@ def publish(storage: str | Path, *, formats: list[str] | None = None, out: str |
     from dia_ray.results.leaderboard import build, parse_formats, to_terminal, write_all
     from dia_ray.results.plots import plot_ablation, plot_auroc, swept_params
 
+    from dia_ray.storage import Storage
+
     wanted = parse_formats(formats)
     collection = collect(storage)
     if collection.empty:
         raise StorageError(collection.summary())
     table = build(collection, by=by, compare_paper=compare_paper)
-    out_dir = Path(out) if out else Path(storage) / "leaderboard"
+    out_dir = str(out) if out else Storage(storage).join("leaderboard")
     written = write_all(table, out_dir, wanted)
-    written.append(plot_auroc(table, out_dir / "leaderboard.png"))
+    written.append(plot_auroc(table, f"{out_dir}/leaderboard.png"))
     frame = collection.frame()
-    written += [plot_ablation(frame, param, out_dir / f"ablation_{param}.png") for param in swept_params(frame)]
+    written += [plot_ablation(frame, param, f"{out_dir}/ablation_{param}.png") for param in swept_params(frame)]
     return Report(text=to_terminal(table), summary=collection.summary(), problems=list(collection.problems),
                   written=written, table=table)

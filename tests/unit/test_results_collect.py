@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_collect_reads_every_jsonl_below_the_root_and_deduplicates_by_record_id(
 
 
 def test_truncated_last_line_is_skipped_and_reported_with_its_line_number(tmp_path):
-    path = write_records(tmp_path / "results" / "t.jsonl", [record(0), record(1)])
+    path = Path(write_records(tmp_path / "results" / "t.jsonl", [record(0), record(1)]))
     with path.open("a") as fh:
         fh.write(json.dumps(record(2).model_dump(mode="json"))[:40])  # a writer died mid-line
     got = collect(tmp_path)
@@ -94,7 +95,7 @@ def test_missing_root_is_a_storage_error_with_one_line(tmp_path):
     with pytest.raises(StorageError) as err:
         collect(tmp_path / "nope")
     assert str(err.value) == (f"storage root {tmp_path / 'nope'} does not exist "
-                              "(pass the --storage directory of a sweep or demo)")
+                              "(pass the --storage of a sweep or demo)")
     assert "\n" not in str(err.value)
 
 

@@ -255,7 +255,7 @@ def test_markdown_csv_json_and_terminal_carry_the_same_rows(bench, monkeypatch):
 
 def test_write_all_writes_each_format_atomically(bench, tmp_path):
     df = build(bench[1])
-    paths = write_all(df, tmp_path / "out", ["md", "csv,json"])
+    paths = [Path(p) for p in write_all(df, tmp_path / "out", ["md", "csv,json"])]
     assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "leaderboard.json"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no temp files
     assert len(write_all(df, tmp_path / "all", None)) == 4
@@ -271,6 +271,7 @@ def test_plots_are_pngs_and_ablations_follow_the_swept_parameters(bench, tmp_pat
                  plot_auroc(build(collection, by="config", compare_paper=False), tmp_path / "b.png"),
                  plot_ablation(frame, "t_range", tmp_path / "t.png"),
                  plot_ablation(frame, "kernel_size", tmp_path / "k.png")):
+        path = Path(path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(ConfigError, match="no result records carry the parameter 'resolution'"):
         plot_ablation(frame, "resolution", tmp_path / "r.png")
