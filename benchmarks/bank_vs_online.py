@@ -192,7 +192,7 @@ def main() -> int:
     from dia_ray.data import load_dataset, prepare
     from dia_ray.data.registry import get_spec
     from dia_ray.distributed.bank import load_bank_versions
-    from dia_ray.distributed.train_ddpm import DataRef
+    from dia_ray.distributed.dataref import DataRef
 
     t_start, load_start = time.perf_counter(), os.getloadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bank-vs-online-"))

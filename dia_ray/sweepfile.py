@@ -15,11 +15,17 @@ sampler: grid                      # tpe | grid (Optuna GridSampler: exactly the
 metric: auroc_last                 # or auroc_best_test (the paper's model selection)
 mode: max
 trials_per_dataset: 8              # tpe/random; a grid runs its size
-resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
-max_concurrent_trials: 2           # per dataset
+resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per Train worker of one run; gpus_per_worker
+                                   # may be fractional (0.25: four 28 px runs share an A100) or `auto` (0.25 up to
+                                   # 64 px images, 1 above)
+ddpm_resources: {workers: 1, cpus_per_worker: 8, gpus_per_worker: 1}  # the DDPMs (default: `resources`, whole GPUs)
+max_concurrent_trials: 2           # per dataset; default: what the cluster's capacity holds, shared by the studies
 max_retries: 1                     # an errored trial is retried this many times
 dissolve_mode: online              # online (paper) | bank (precomputed, shared by trials)
+scheduler: none                    # none | asha (early stopping on the per-epoch AUROC)
+asha: {grace_period: 10, reduction_factor: 3}
 ```
+Every seed of a configuration is its own trial (they run concurrently); the searcher sees the mean over seeds.
 """
 
 from __future__ import annotations
@@ -92,10 +98,39 @@ class Param(_Strict):
         return int(self.low) if self.is_int else float(self.low)
 
 
+SMALL_IMAGE_GPU_SHARE = 0.25  # `gpus_per_worker: auto`: four runs on 28-64 px images share one A100
+SMALL_IMAGE_MAX_SIZE = 64
+
+
 class Resources(_Strict):
     workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    gpus_per_worker: float | Literal["auto"] = 0.0
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 <= float(v) <= 64:
+            raise ValueError("gpus_per_worker must be 0 (CPU), a fraction such as 0.25, a whole number or 'auto'")
+        return v
+
+    def gpu_share(self, image_size: int) -> float:
+        """GPUs per Train worker for a dataset of ``image_size`` px (``auto``: fractional for small images)."""
+        if self.gpus_per_worker == "auto":
+            return SMALL_IMAGE_GPU_SHARE if image_size <= SMALL_IMAGE_MAX_SIZE else 1.0
+        return float(self.gpus_per_worker)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpus_per_worker == "auto" or float(self.gpus_per_worker) > 0
+
+
+class AshaOptions(_Strict):
+    """ASHA (asynchronous successive halving) on the per-epoch AUROC: a trial is compared with others at epochs
+    grace_period, grace_period·rf, … and stopped when it is not in the top 1/rf."""
+
+    grace_period: int = Field(10, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
 
 
 class BankOptions(_Strict):
@@ -112,7 +147,7 @@ class SweepFile(_Strict):
     datasets: list[str]
     data_root: str | None = None
     normal_class: str | None = None
-    methods: list[Literal["dia", "csi", "blur-gaussian", "blur-median"]] = ["dia"]
+    methods: list[Literal["dia", "csi", "blur-gaussian", "blur-median", "disyre"]] = ["dia"]
     seeds: list[int] = [0]
     budget: Literal["paper", "small", "tiny"] | None = None
     base: dict[str, Any] = Field(default_factory=dict)
@@ -124,10 +159,13 @@ class SweepFile(_Strict):
     mode: Literal["max", "min"] = "max"
     trials_per_dataset: int = Field(8, ge=1)
     resources: Resources = Resources()
-    max_concurrent_trials: int = Field(2, ge=1)
+    ddpm_resources: Resources | None = None
+    max_concurrent_trials: int | None = Field(None, ge=1)
     max_retries: int = Field(1, ge=0)
     dissolve_mode: Literal["online", "bank"] = "online"
     bank: BankOptions = BankOptions()
+    scheduler: Literal["none", "asha"] = "none"
+    asha: AshaOptions = AshaOptions()
 
     @field_validator("name")
     @classmethod
@@ -191,7 +229,19 @@ class SweepFile(_Strict):
         return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
     def trials(self) -> int:
+        """Configurations per dataset (each runs once per seed)."""
         return len(self.grid()) if self.sampler == "grid" else self.trials_per_dataset
+
+    def runs(self) -> int:
+        """Training runs (Tune trials) per dataset: configurations x seeds."""
+        return self.trials() * len(self.seeds)
+
+    def ddpm_placement(self) -> Resources:
+        """The DDPMs' resources: ``ddpm_resources``, else ``resources`` with whole GPUs (a DDPM fills an A100)."""
+        if self.ddpm_resources is not None:
+            return self.ddpm_resources
+        r = self.resources
+        return r.model_copy(update={"gpus_per_worker": 1.0 if r.uses_gpu else 0.0})
 
     def train_config(self, dataset: str, params: dict[str, Any], seed: int) -> TrainConfig:
         """The TrainConfig of one (dataset, sampled params, seed)."""

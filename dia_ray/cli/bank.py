@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -20,10 +19,11 @@ _ADDRESS = "Ray cluster to use (auto, ray://HOST:10001, HOST:6379). Default: a l
 @bank_app.command("build")
 def build_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    storage: Path = typer.Option(..., "--storage", help="Storage root (banks go to STORAGE/banks/<key>/)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    ddpm: Optional[Path] = typer.Option(None, "--ddpm", help="DDPM folder; default: found in storage by its key (the "
-                                        "budget's DDPM at --resolution), trained first when absent."),
+    storage: str = typer.Option(..., "--storage", help="Storage root, a folder or a URI (banks go to "
+                                "STORAGE/banks/<key>/)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Data root (folder or URI) read here."),
+    ddpm: Optional[str] = typer.Option(None, "--ddpm", help="DDPM folder or URI; default: found in storage by its key "
+                                       "(the budget's DDPM at --resolution), trained first when absent."),
     t_min: Optional[int] = typer.Option(None, "--t-min", help="Dissolving step range start (default: the dataset's, "
                                         "paper: 30; Kvasir 130)."),
     t_max: Optional[int] = typer.Option(None, "--t-max", help="Dissolving step range end, exclusive (paper: 130; "
@@ -53,7 +53,7 @@ def build_cmd(
 
     placement = pipeline.Placement(workers=1, address=address)
     root, per = pipeline.preflight(placement, storage)
-    ref = pipeline.data_ref(dataset, data_root, normal_class)
+    ref, loaded = pipeline.data_ref(dataset, data_root, normal_class)
     if (t_min is None) != (t_max is None):
         raise ConfigError("--t-min and --t-max must be given together")
     t_range = (t_min, t_max) if t_min is not None else tuple(get_spec(dataset, normal_class=normal_class).t_range)
@@ -61,8 +61,8 @@ def build_cmd(
         cfg = pipeline.ddpm_config(dataset, budget, resolution=resolution)
         ddpm = find_ddpm(root, ref, cfg)
         if ddpm is None:  # train it first (needs the cluster); a found DDPM lets a reused bank skip Ray entirely
-            pipeline.connect_and_check(placement, per)
-            ddpm = pipeline.ensure_ddpm(ref, cfg, root, placement, per)
+            pipeline.connect_and_check(placement, per, root)
+            ddpm = pipeline.ensure_ddpm(ref.share(loaded), cfg, root, placement, per)
     info = build_bank(ref, ddpm, root, t_range=t_range, versions=versions, resolution=resolution, seed=seed,
                       input_range=input_range, use_ema=use_ema, actors=actors, batch_size=batch_size,
                       num_cpus_per_actor=cpus_per_actor, num_gpus_per_actor=gpus_per_actor, force=force,
@@ -80,7 +80,7 @@ def build_cmd(
 
 @bank_app.command("info")
 def info_cmd(
-    path: Path = typer.Argument(..., help="A bank folder (STORAGE/banks/<key>)."),
+    path: str = typer.Argument(..., help="A bank folder or URI (STORAGE/banks/<key>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the verified manifest + size as one JSON object."),
 ) -> None:
     """Verify a bank (every file against its size and sha256) and print its manifest, counts and size on disk."""

@@ -56,12 +56,22 @@ def submit(
         None, "--runtime-env", help="YAML runtime_env merged over dia-ray's (e.g. cluster/runtime_env.yaml)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a sweep that already has results in --storage "
                                 "(after a stop or a failure): finished trials are kept."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Data root as the head node sees it (an "
+                                            "absolute path there, or a URI); read by the sweep's driver and shipped "
+                                            "to the workers through the object store, never uploaded from here."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI for the sweep's trials."),
+    wandb_project: Optional[str] = typer.Option(None, "--wandb-project", help="W&B project for the sweep's trials."),
 ) -> None:
-    """Run a sweep on a Ray cluster: upload the project, start `dia-ray sweep` on the head node."""
+    """Run a sweep on a Ray cluster: upload the project, start `dia-ray sweep` on the head node. Submitting the same
+    sweep file to the same storage again returns the running (or finished) job instead of starting another."""
     from dia_ray.distributed.jobs import submit_sweep
 
-    job = submit_sweep(sweep, address, storage, runtime_env, resume=resume)
+    job = submit_sweep(sweep, address, storage, runtime_env, resume=resume, data_root=data_root,
+                       mlflow_uri=mlflow_uri, wandb_project=wandb_project)
     typer.echo(job.job_id)
+    if job.reused:
+        typer.echo(f"this sweep and storage already have job {job.job_id} ({job.reused}); not starting another",
+                   err=True)
     typer.echo(f"submitted to {job.address}: {job.entrypoint}\n"
                f"  follow: dia-ray jobs logs {job.job_id} --follow --address {job.address}\n"
                f"  status: dia-ray jobs status {job.job_id} --address {job.address}\n"

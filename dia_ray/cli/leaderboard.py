@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -14,10 +13,11 @@ MAX_WARNINGS = 20  # a storage root full of broken files should not bury the tab
 
 @app.command("leaderboard")
 def leaderboard(
-    storage: Path = typer.Argument(..., help="Storage root of a sweep or demo (its *.jsonl result records are read)."),
+    storage: str = typer.Argument(..., help="Storage root of a sweep or demo, a folder or a URI such as "
+                                  "s3://bucket/prefix (its *.jsonl result records are read)."),
     formats: Optional[list[str]] = typer.Option(
         None, "--format", "-f", help="md, csv, html, json; repeat or comma-separate (default: all)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: STORAGE/leaderboard)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder or URI (default: STORAGE/leaderboard)."),
     compare_paper: bool = typer.Option(
         True, "--compare-paper/--no-compare-paper", help="Put the paper's numbers (best-test epoch) beside ours."),
     by: str = typer.Option("method", "--by", help="method: best config per method; config: every config."),

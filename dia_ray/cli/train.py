@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,19 +14,23 @@ app.add_typer(ddpm_app, name="ddpm")
 
 _BUDGET = ("Named budget: paper (the paper's settings; default for the six datasets), small (2-CPU minutes; default "
            "for synthetic datasets), tiny (seconds, tests). Explicit options override it.")
+_DATA_ROOT = ("Data root on this machine, or a URI (s3://bucket/data): read here and shipped to the workers through "
+              "the Ray object store; default $DIA_RAY_DATA_ROOT or ~/.cache/dia-ray/data.")
 _ADDRESS = "Ray cluster to use (auto, ray://HOST:10001, HOST:6379). Default: a local Ray started for the run."
 
 
 @ddpm_app.command("train")
 def ddpm_train(
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    storage: Path = typer.Option(..., "--storage", help="Storage root (DDPMs go to STORAGE/ddpm/<key>/)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    storage: str = typer.Option(..., "--storage", help="Storage root: a folder or a URI such as s3://bucket/prefix "
+                                "(DDPMs go to STORAGE/ddpm/<key>/)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=_DATA_ROOT),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="32 | 64 | 128 (default 32)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (paper: 25000)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (paper: 256/128/32 by r)."),
     workers: int = typer.Option(1, "--workers", help="Data-parallel Train workers (0 = local mode)."),
-    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
+    gpu: bool = typer.Option(False, "--gpu", help="Train on GPUs (--gpus-per-worker each)."),
+    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPU share per worker with --gpu."),
     normal_class: Optional[str] = typer.Option(None, "--normal-class"),
     budget: Optional[str] = typer.Option(None, "--budget", help=_BUDGET),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -40,11 +43,12 @@ def ddpm_train(
     placement = pipeline.Placement(workers=workers, use_gpu=gpu, address=address)
     root, per = pipeline.preflight(placement, storage)
     cfg = pipeline.ddpm_config(dataset, budget, resolution=resolution, steps=steps, batch_size=batch_size, seed=seed)
-    ref = pipeline.data_ref(dataset, data_root, normal_class)
-    pipeline.connect_and_check(placement, per)
+    ref, loaded = pipeline.data_ref(dataset, data_root, normal_class)
+    pipeline.connect_and_check(placement, per, root)
     from dia_ray.distributed.train_ddpm import train_ddpm_ray
 
-    path = train_ddpm_ray(ref, cfg, root, workers=workers, use_gpu=gpu, cpus_per_worker=per, force=force)
+    path = train_ddpm_ray(ref.share(loaded), cfg, root, workers=workers, use_gpu=gpu, cpus_per_worker=per,
+                          gpus_per_worker=gpus_per_worker, force=force)
     typer.echo(f"DDPM ready: {path}")
 
 
@@ -52,15 +56,19 @@ def ddpm_train(
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d"),
     method: str = typer.Option("dia", "--method", "-m", help="dia | csi | blur-gaussian | blur-median"),
-    storage: Path = typer.Option(..., "--storage", help="Storage root (runs, DDPMs, result records)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    storage: str = typer.Option(..., "--storage", help="Storage root: a folder or a URI such as s3://bucket/prefix "
+                                "(runs, DDPMs, result records)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=_DATA_ROOT),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(1, "--workers", help="Data-parallel Train workers (0 = local mode)."),
-    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
-    ddpm: Optional[Path] = typer.Option(None, "--ddpm", help="DDPM folder; default: found in storage by its key, "
-                                        "trained first when absent."),
-    bank: Optional[Path] = typer.Option(None, "--bank", help="Use a precomputed dissolved bank (dissolve.mode=bank)."),
+    gpu: bool = typer.Option(False, "--gpu", help="Train on GPUs (--gpus-per-worker each)."),
+    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPU share per worker with --gpu (0.25: "
+                                          "four small runs share a GPU)."),
+    ddpm: Optional[str] = typer.Option(None, "--ddpm", help="DDPM folder or URI; default: found in storage by its "
+                                       "key, trained first when absent."),
+    bank: Optional[str] = typer.Option(None, "--bank", help="Use a precomputed dissolved bank (folder or URI; "
+                                       "dissolve.mode=bank)."),
     normal_class: Optional[str] = typer.Option(None, "--normal-class"),
     budget: Optional[str] = typer.Option(None, "--budget", help=_BUDGET),
     t_min: Optional[int] = typer.Option(None, "--t-min", help="Dissolving step range start (paper: 30; Kvasir 130)."),
@@ -69,6 +77,10 @@ def train(
     shift: Optional[str] = typer.Option(None, "--shift", help="rotation | cutperm"),
     set_: list[str] = typer.Option([], "--set", help="Any config value, e.g. --set eval.samples=2 (repeatable)."),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Log params and per-epoch metrics to this "
+                                             "MLflow tracking URI (default: $MLFLOW_TRACKING_URI)."),
+    wandb_project: Optional[str] = typer.Option(None, "--wandb-project", help="Log to this W&B project "
+                                                "(WANDB_MODE=offline works without network)."),
 ) -> None:
     """Train one DIA / CSI / blur run and evaluate it; the last line printed is the result record (JSON)."""
     from dia_ray.distributed import pipeline
@@ -77,10 +89,14 @@ def train(
                                        dissolve={"t_min": t_min, "t_max": t_max, "kernel_size": kernel_size,
                                                  "mode": "bank" if bank else None})
     cfg = pipeline.train_config(dataset, method, budget, overrides)
+    from dia_ray.distributed.trackers import check_trackers
+
+    trackers = check_trackers(mlflow_uri, wandb_project)
     placement = pipeline.Placement(workers=workers, use_gpu=gpu, address=address)
     root, per = pipeline.preflight(placement, storage)
-    ref = pipeline.data_ref(dataset, data_root, normal_class, cfg.image_size)
-    record = pipeline.run_training(cfg, ref, root, placement, per, budget=budget, ddpm=ddpm, bank=bank)
+    ref, loaded = pipeline.data_ref(dataset, data_root, normal_class, cfg.image_size)
+    record = pipeline.run_training(cfg, ref, root, placement, per, budget=budget, ddpm=ddpm, bank=bank, loaded=loaded,
+                                   gpus_per_worker=gpus_per_worker, trackers=trackers)
     typer.echo(f"AUROC (last epoch) {record.auroc_last:.4f}, best-on-test {record.auroc_best_test:.4f} "
-               f"(epoch {record.best_epoch}); record in {root / 'results'}")
+               f"(epoch {record.best_epoch}); record in {root.join('results')}")
     typer.echo(json.dumps(record.model_dump(mode="json", exclude={"test_scores", "test_labels", "config"})))

@@ -28,20 +28,19 @@ import logging
 import math
 import os
 import platform
-import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dia_ray.distributed.storage import atomic_publish, ensure_writable, staging_dir
-from dia_ray.distributed.train_ddpm import DataRef
-from dia_ray.errors import BankError, ClusterError, ConfigError
+from dia_ray.distributed.dataref import DataRef
+from dia_ray.errors import BankError, ClusterError, ConfigError, StorageError
+from dia_ray.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -143,32 +142,25 @@ class Manifest(BaseModel):
 
 @dataclass(frozen=True)
 class BankInfo:
-    path: Path
+    path: str  # the bank's location (a folder or a URI)
     key: str
     manifest: Manifest
     built: bool  # False: a valid bank existed and was reused
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ddpm_fingerprint(ddpm_path: str | os.PathLike, use_ema: bool = False) -> str:
-    """sha256 over the weights the bank dissolves with (``unet/`` or ``unet_ema/``) and the scheduler config (ᾱ_t)."""
-    root = Path(ddpm_path)
-    part = root / ("unet_ema" if use_ema else "unet")
-    weights = sorted(p for p in part.glob("*") if p.suffix in (".safetensors", ".bin"))
-    sched = root / "scheduler" / "scheduler_config.json"
-    if not weights or not sched.is_file():
-        raise BankError(f"DDPM {root}: no weights in {part.name}/ or no scheduler/scheduler_config.json; is it a "
-                        "dia-ray DDPM folder (…/ddpm/<key>/model)?")
+    """sha256 over the weights the bank dissolves with (``unet/`` or ``unet_ema/``) and the scheduler config (ᾱ_t);
+    ``ddpm_path`` is a folder or a storage URI."""
+    root = Storage(ddpm_path)
+    part = "unet_ema" if use_ema else "unet"
+    weights = [f"{part}/{n}" for n in root.list(part) if n.endswith((".safetensors", ".bin"))]
+    sched = "scheduler/scheduler_config.json"
+    if not weights or not root.is_file(sched):
+        raise BankError(f"DDPM {root}: no weights in {part}/ or no {sched}; is it a dia-ray DDPM folder "
+                        "(…/ddpm/<key>/model)?")
     h = hashlib.sha256()
-    for p in (*weights, sched):
-        h.update(f"{p.relative_to(root)}\0{_sha256_file(p)}\0".encode())
+    for rel in (*weights, sched):
+        h.update(f"{rel}\0{hashlib.sha256(root.read_bytes(rel)).hexdigest()}\0".encode())
     return h.hexdigest()
 
 
@@ -204,56 +196,69 @@ def bank_key(ddpm_path: str | os.PathLike, ref: DataRef, t_range: tuple[int, int
     return _key(ref, recipe, _key_inputs(ddpm_fingerprint(ddpm_path, use_ema), ref, recipe))
 
 
-def bank_dir(storage: str | os.PathLike, key: str) -> Path:
-    return Path(storage) / "banks" / key
+def bank_dir(storage: str | os.PathLike | Storage, key: str) -> str:
+    """The bank's location under the storage root: ``STORAGE/banks/<key>``."""
+    return open_storage(storage).join("banks", key)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # reading and checking
 
 
-def verify_bank(path: str | os.PathLike) -> Manifest:
-    """The manifest of the bank at ``path`` after checking that every listed file is there with its size and sha256
-    and the counts add up. Raises :class:`BankError` (one line, naming the file) otherwise."""
-    path = Path(path)
-    mfile = path / MANIFEST
-    if not path.is_dir():
-        raise BankError(f"bank {path} does not exist; build it with `dia-ray bank build`")
-    if not mfile.is_file():
-        raise BankError(f"bank {path}: no {MANIFEST} (incomplete or not a bank); {REBUILD_HINT}")
-    try:
-        manifest = Manifest.model_validate_json(mfile.read_text())
-    except (ValidationError, ValueError, OSError) as err:
-        first = str(err).splitlines()[0]
-        raise BankError(f"bank {path}: {MANIFEST} is unreadable ({first}); {REBUILD_HINT}") from None
-    if manifest.bank_version != BANK_VERSION:
-        raise BankError(f"bank {path} has layout version {manifest.bank_version}, this dia-ray reads "
-                        f"{BANK_VERSION}; {REBUILD_HINT}")
+def _verified_files(st: Storage, manifest: Manifest) -> Iterator[tuple[BankFile, bytes]]:
+    """Each listed file's bytes, after checking its size and sha256 against the manifest (one read per file)."""
     for f in manifest.files:
-        p = path / f.name
-        if not p.is_file():
-            raise BankError(f"bank {path}: file {f.name} is missing; {REBUILD_HINT}")
-        size = p.stat().st_size
-        if size != f.bytes:
-            raise BankError(f"bank {path}: file {f.name} has {size} bytes, the manifest says {f.bytes} (truncated or "
-                            f"rewritten); {REBUILD_HINT}")
-        if _sha256_file(p) != f.sha256:
-            raise BankError(f"bank {path}: file {f.name} does not match its sha256 in the manifest; {REBUILD_HINT}")
+        if not st.is_file(f.name):
+            raise BankError(f"bank {st}: file {f.name} is missing; {REBUILD_HINT}")
+        data = st.read_bytes(f.name)
+        if len(data) != f.bytes:
+            raise BankError(f"bank {st}: file {f.name} has {len(data)} bytes, the manifest says {f.bytes} (truncated "
+                            f"or rewritten); {REBUILD_HINT}")
+        if hashlib.sha256(data).hexdigest() != f.sha256:
+            raise BankError(f"bank {st}: file {f.name} does not match its sha256 in the manifest; {REBUILD_HINT}")
+        yield f, data
+
+
+def read_manifest(path: str | os.PathLike | Storage) -> Manifest:
+    """The bank's manifest after checking its own consistency (layout version, counts, content hash); the files
+    themselves are checked by :func:`verify_bank` / while loading."""
+    st = open_storage(path)
+    if not st.exists():
+        raise BankError(f"bank {st} does not exist; build it with `dia-ray bank build`")
+    if not st.is_file(MANIFEST):
+        raise BankError(f"bank {st}: no {MANIFEST} (incomplete or not a bank); {REBUILD_HINT}")
+    try:
+        manifest = Manifest.model_validate_json(st.read_text(MANIFEST))
+    except (ValidationError, ValueError, StorageError) as err:
+        first = str(err).splitlines()[0]
+        raise BankError(f"bank {st}: {MANIFEST} is unreadable ({first}); {REBUILD_HINT}") from None
+    if manifest.bank_version != BANK_VERSION:
+        raise BankError(f"bank {st} has layout version {manifest.bank_version}, this dia-ray reads "
+                        f"{BANK_VERSION}; {REBUILD_HINT}")
     c = manifest.counts
     if sum(f.rows for f in manifest.files) != c.rows or c.rows != c.images * c.versions:
-        raise BankError(f"bank {path}: the manifest's counts do not add up ({c.rows} rows for {c.images} images x "
+        raise BankError(f"bank {st}: the manifest's counts do not add up ({c.rows} rows for {c.images} images x "
                         f"{c.versions} versions); {REBUILD_HINT}")
     if _content_hash(manifest.files) != manifest.content_hash:
-        raise BankError(f"bank {path}: the manifest's content hash does not match its file list; {REBUILD_HINT}")
+        raise BankError(f"bank {st}: the manifest's content hash does not match its file list; {REBUILD_HINT}")
     return manifest
 
 
-def _read_rows(path: Path, names: list[str], columns: list[str]) -> Iterator[Any]:
-    """One pyarrow table per file (one file in memory at a time)."""
+def verify_bank(path: str | os.PathLike | Storage) -> Manifest:
+    """The manifest of the bank at ``path`` (a folder or a URI) after checking that every listed file is there with
+    its size and sha256 and the counts add up. Raises :class:`BankError` (one line, naming the file) otherwise."""
+    st = open_storage(path)
+    manifest = read_manifest(st)
+    for _ in _verified_files(st, manifest):
+        pass
+    return manifest
+
+
+def _table(data: bytes, columns: list[str]) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for name in names:
-        yield pq.read_table(path / name, columns=columns)
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 def _pixels(column: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -276,8 +281,8 @@ def load_bank_versions(path: str | os.PathLike, n_train: int, indices: Any = Non
     it the bank's image count must be ``n_train``."""
     import torch
 
-    path = Path(path)
-    manifest = verify_bank(path)
+    path = open_storage(path)
+    manifest = read_manifest(path)
     m, k = manifest.counts.images, manifest.counts.versions
     shape = tuple(manifest.config["pixels"]["shape"])
     if indices is None:
@@ -295,7 +300,8 @@ def load_bank_versions(path: str | os.PathLike, n_train: int, indices: Any = Non
                             "for the full train split of this dataset?)")
     out = np.zeros((m, k, *shape), dtype=PIXEL_DTYPE)
     seen = np.zeros((m, k), dtype=np.int32)
-    for table in _read_rows(path, [f.name for f in manifest.files], ["image_id", "version", "pixels"]):
+    for _, data in _verified_files(path, manifest):  # each file read once: checked, then parsed
+        table = _table(data, ["image_id", "version", "pixels"])
         ids = table.column("image_id").to_numpy()
         vs = table.column("version").to_numpy()
         out[ids, vs] = _pixels(table.column("pixels"), shape)
@@ -308,15 +314,11 @@ def load_bank_versions(path: str | os.PathLike, n_train: int, indices: Any = Non
     return torch.from_numpy(out)
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def bank_info(path: str | os.PathLike) -> dict[str, Any]:
     """The verified manifest of the bank at ``path`` plus its path and size on disk (raises :class:`BankError`)."""
-    path = Path(path)
-    manifest = verify_bank(path)
-    return {"path": str(path.resolve()), "size_bytes": _dir_size(path), **manifest.model_dump(mode="json")}
+    st = open_storage(path)
+    manifest = verify_bank(st)
+    return {"path": st.uri, "size_bytes": sum(st.size(n) for n in st.list()), **manifest.model_dump(mode="json")}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,7 +356,9 @@ def _load_dissolver(recipe: BankRecipe, device: str):
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.algo.dissolve import DiffusionDissolver
 
-    unet, scheduler, _ = load_ddpm(recipe.ddpm_path, use_ema=recipe.use_ema, device=device)
+    from dia_ray.distributed.train_ddpm import local_ddpm
+
+    unet, scheduler, _ = load_ddpm(local_ddpm(recipe.ddpm_path), use_ema=recipe.use_ema, device=device)
     return DiffusionDissolver(unet, scheduler.alphas_cumprod, (recipe.t_min, recipe.t_max), recipe.resolution,
                               recipe.input_range)
 
@@ -391,14 +395,23 @@ class DissolveActor:
 # building
 
 
-def _check_inputs(ddpm_path: Path, recipe: BankRecipe, image_size: int) -> None:
+def _check_inputs(ddpm: Storage, recipe: BankRecipe, image_size: int) -> None:
     from dia_ray.algo.ddpm import DDPM_META
     from dia_ray.algo.resolution import check_resolution
 
-    meta_file = ddpm_path / DDPM_META
-    if not meta_file.is_file():
-        raise BankError(f"--ddpm {ddpm_path}: not a dia-ray DDPM folder (no {DDPM_META})")
-    cfg = json.loads(meta_file.read_text()).get("config", {})
+    if ddpm.is_dir() and not ddpm.is_file(DDPM_META):
+        raise BankError(f"--ddpm {ddpm}: not a dia-ray DDPM folder (no {DDPM_META})")
+    if not ddpm.is_file(DDPM_META):
+        raise BankError(f"--ddpm {ddpm}: no such DDPM folder")
+    try:
+        meta = json.loads(ddpm.read_text(DDPM_META))
+    except ValueError as err:
+        raise BankError(f"--ddpm {ddpm}: {DDPM_META} is not valid JSON ({err}); retrain it with `dia-ray ddpm "
+                        "train --force`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+        raise BankError(f"--ddpm {ddpm}: {DDPM_META} is not a dia-ray DDPM description (expected a JSON object "
+                        "with a 'config' object); retrain it with `dia-ray ddpm train --force`")
+    cfg = meta.get("config", {})
     if cfg.get("resolution", recipe.resolution) != recipe.resolution:
         raise ConfigError(f"the DDPM {ddpm_path} was trained at resolution {cfg['resolution']}, the bank asks for "
                           f"{recipe.resolution}; pass --resolution {cfg['resolution']} or another DDPM")
@@ -418,31 +431,52 @@ def _check_inputs(ddpm_path: Path, recipe: BankRecipe, image_size: int) -> None:
 @dataclass
 class _Plan:
     key: str
-    dest: Path
+    storage: Storage
+    dest: str  # relative to the storage root: banks/<key>
     recipe: BankRecipe
     key_inputs: dict[str, Any]
     existing: BankInfo | None
 
 
-def _plan(ref: DataRef, ddpm_path: str | os.PathLike, storage: str | os.PathLike, t_range: tuple[int, int],
-          versions: int, resolution: int, seed: int, input_range: str, use_ema: bool, force: bool) -> _Plan:
+def _plan(ref: DataRef, ddpm_path: str | os.PathLike, storage: str | os.PathLike | Storage,
+          t_range: tuple[int, int], versions: int, resolution: int, seed: int, input_range: str, use_ema: bool,
+          force: bool) -> _Plan:
     """Validate, compute the key, and find an existing valid bank — without Ray and without loading any image."""
-    root = ensure_writable(storage)
-    ddpm = Path(ddpm_path).expanduser().resolve()
-    recipe = BankRecipe(str(ddpm), int(t_range[0]), int(t_range[1]), int(versions), int(resolution), int(seed),
+    ddpm = Storage(ddpm_path)
+    recipe = BankRecipe(ddpm.uri, int(t_range[0]), int(t_range[1]), int(versions), int(resolution), int(seed),
                         input_range, bool(use_ema))
     _check_inputs(ddpm, recipe, _data_identity(ref)["image_size"])
-    inputs = _key_inputs(ddpm_fingerprint(ddpm, use_ema), ref, recipe)
+    root = open_storage(storage, writable=True)
+    inputs = _key_inputs(ddpm_fingerprint(ddpm.uri, use_ema), ref, recipe)
     key = _key(ref, recipe, inputs)
-    dest = bank_dir(root, key)
+    dest = f"banks/{key}"
     existing = None
-    if dest.exists() and not force:
+    if root.exists(dest) and not force:
         try:
-            existing = BankInfo(dest, key, verify_bank(dest), built=False)
-            log.info("bank exists (%s), reusing %s — use --force to rebuild", key, dest)
+            existing = BankInfo(root.join(dest), key, verify_bank(root.child(dest)), built=False)
+            log.info("bank exists (%s), reusing %s — use --force to rebuild", key, root.join(dest))
         except BankError as err:
             log.warning("%s — building it again", err)
-    return _Plan(key, dest, recipe, inputs, existing)
+    return _Plan(key, root, dest, recipe, inputs, existing)
+
+
+def _staging(plan: _Plan) -> str:
+    """Where the builder writes (relative to the storage root). Local roots: a staging folder beside the bank,
+    renamed into place when complete. Object stores (no rename): the bank's own prefix, emptied first; the
+    manifest, written last, is the commit — without it the folder is not a bank."""
+    if plan.storage.local:
+        return f"banks/.{plan.key}.tmp-{uuid.uuid4().hex[:8]}"
+    plan.storage.delete(plan.dest)
+    return plan.dest
+
+
+def _publish(plan: _Plan, staging: str) -> str:
+    if staging != plan.dest:
+        st = plan.storage
+        if st.exists(plan.dest):
+            st.delete(plan.dest)
+        os.replace(st.local_path(staging), st.local_path(plan.dest))
+    return plan.storage.join(plan.dest)
 
 
 def _content_hash(files: list[BankFile]) -> str:
@@ -467,21 +501,21 @@ def _stack_versions() -> dict[str, str]:
     return out
 
 
-def _finish(plan: _Plan, staging: Path, ref: DataRef, images: np.ndarray, seconds: float,
+def _finish(plan: _Plan, staging: str, ref: DataRef, images: np.ndarray, seconds: float,
             build: dict[str, Any]) -> BankInfo:
-    """Check the rows the builder wrote, write the manifest, publish with one rename."""
-    import pyarrow.parquet as pq
-
+    """Check the rows the builder wrote, write the manifest (last: the commit), publish."""
     m, k = len(images), plan.recipe.versions
-    names = sorted(p.name for p in staging.glob("*.parquet"))
+    st = plan.storage.child(staging)
+    names = st.list(suffix=".parquet", recursive=False)
     files, actors = [], set()
     seen = np.zeros((m, k), dtype=np.int32)
-    for name, table in zip(names, _read_rows(staging, names, ["image_id", "version", "actor"])):
+    for name in names:
+        data = st.read_bytes(name)
+        table = _table(data, ["image_id", "version", "actor"])
         np.add.at(seen, (table.column("image_id").to_numpy(), table.column("version").to_numpy()), 1)
         actors.update(table.column("actor").unique().to_pylist())
-        p = staging / name
-        files.append(BankFile(name=name, bytes=p.stat().st_size, sha256=_sha256_file(p),
-                              rows=pq.ParquetFile(p).metadata.num_rows))
+        files.append(BankFile(name=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                              rows=table.num_rows))
     if not (seen == 1).all():
         raise BankError(f"bank {plan.key}: the builder wrote {int(seen.sum())} rows for {m * k} (image, version) "
                         f"cells ({int((seen == 0).sum())} missing); nothing was published")
@@ -496,8 +530,8 @@ def _finish(plan: _Plan, staging: Path, ref: DataRef, images: np.ndarray, second
     manifest = Manifest(bank_version=BANK_VERSION, key=plan.key, config=config,
                         counts=BankCounts(images=m, versions=k, rows=m * k), files=files,
                         content_hash=_content_hash(files), build=build)
-    (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
-    path = atomic_publish(staging, plan.dest)
+    st.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2), MANIFEST)
+    path = _publish(plan, staging)
     log.info("bank %s: %d images x %d versions = %d rows in %.1f s (%.1f rows/s), %d file(s) → %s", plan.key, m, k,
              m * k, seconds, m * k / max(seconds, 1e-9), len(files), path)
     return BankInfo(path, plan.key, manifest, built=True)
@@ -562,7 +596,7 @@ def build_bank(
     log.info("building bank %s: %d images x %d versions, t in [%d, %d), r=%d, %d actor(s) x %g CPU / %g GPU, "
              "batch %d", plan.key, m, versions, *t_range, resolution, actors, num_cpus_per_actor,
              num_gpus_per_actor, batch_size)
-    staging = staging_dir(plan.dest)
+    staging = _staging(plan)
     t0 = time.perf_counter()
     try:
         ds = ray.data.from_items([{"image_id": i, "pixels": images[i]} for i in range(m)],
@@ -577,14 +611,15 @@ def build_bank(
             num_cpus=num_cpus_per_actor,
             **gpu,
         )
-        out.write_parquet(str(staging))
+        out.write_parquet(plan.storage.join(staging))
         seconds = time.perf_counter() - t0
         return _finish(plan, staging, ref, images, seconds,
                        {"engine": "ray-data", "actors": actors, "batch_size": batch_size,
                         "num_cpus_per_actor": num_cpus_per_actor, "num_gpus_per_actor": num_gpus_per_actor})
     finally:
         ctx.enable_progress_bars = bars
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging != plan.dest:
+            plan.storage.delete(staging)
 
 
 def build_bank_local(
@@ -615,7 +650,7 @@ def build_bank_local(
     if plan.existing is not None:
         return plan.existing
     images = ref.load().train.images
-    staging = staging_dir(plan.dest)
+    staging = _staging(plan)
     t0 = time.perf_counter()
     try:
         dissolver = _load_dissolver(plan.recipe, device)
@@ -625,9 +660,12 @@ def build_bank_local(
             table = pa.table({**{c: rows[c] for c in ("image_id", "version", "t", "flip")},
                               "pixels": ArrowTensorArray.from_numpy(rows["pixels"]),
                               "actor": pa.array(["local"] * len(ids) * versions)})
-            pq.write_table(table, staging / f"part-{part:05d}.parquet")
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            plan.storage.write_bytes(sink.getvalue().to_pybytes(), staging, f"part-{part:05d}.parquet")
         seconds = time.perf_counter() - t0
         return _finish(plan, staging, ref, images, seconds,
                        {"engine": "local", "batch_size": batch_size, "device": device})
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging != plan.dest:
+            plan.storage.delete(staging)

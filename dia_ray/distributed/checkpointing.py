@@ -10,71 +10,98 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dia_ray.errors import CheckpointError
+from dia_ray.errors import CheckpointError, StorageError
+from dia_ray.storage import Storage
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
-def report_with_checkpoint(metrics: dict[str, Any], write: Callable[[Path], None], local_mode: bool) -> None:
-    """Rank 0: write the checkpoint into a fresh directory and report it. Ray uploads it to the run's storage and
-    deletes the local copy; in local mode (num_workers=0) Ray keeps pointing at the directory, so it must stay."""
+def report_with_checkpoint(metrics: dict[str, Any], write: Callable[[Path], None], local_mode: bool,
+                           final: bool = False) -> None:
+    """Rank 0: write the checkpoint into a fresh directory and report it. Intermediate checkpoints upload
+    asynchronously (training goes on while Ray copies them to storage and then deletes the local copy; Ray
+    registers a checkpoint only once its upload finished); the final one synchronously, so the run's result points
+    at it. In local mode (num_workers=0) Ray keeps pointing at the directory, so it must stay."""
     import ray.train
+    from ray.train import CheckpointUploadMode
 
     tmp = Path(tempfile.mkdtemp(prefix="dia-ray-ckpt-"))
+    mode = CheckpointUploadMode.SYNC if (final or local_mode) else CheckpointUploadMode.ASYNC
     try:
         write(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                         delete_local_checkpoint_after_upload=not local_mode)
-    finally:
-        if not local_mode:
-            shutil.rmtree(tmp, ignore_errors=True)
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=not local_mode)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
-def latest_checkpoint_dir(run_dir: Path) -> Path | None:
-    """The newest ``checkpoint_*`` folder of a Ray Train run directory (None when the run never checkpointed)."""
-    if not run_dir.is_dir():
+def registered_checkpoint(storage: Storage, run: str) -> str | None:
+    """The checkpoint folder (relative to ``storage``) that Ray Train will restore for run folder ``run``: the
+    latest one registered in the run's ``checkpoint_manager_snapshot.json``. A checkpoint is registered only after
+    its upload finished, so a newer, half-uploaded ``checkpoint_*`` folder (a run killed mid-upload) is never
+    chosen. None when the run has no snapshot or the snapshot names no checkpoint."""
+    if not storage.is_file(run, SNAPSHOT):
         return None
-    found = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    return found[-1] if found else None
+    try:
+        snap = storage.read_json(run, SNAPSHOT)
+        latest = snap.get("latest_checkpoint_result") or {}
+        name = latest.get("checkpoint_dir_name")
+    except (StorageError, AttributeError):
+        raise CheckpointError(f"{storage.join(run, SNAPSHOT)} is unreadable; delete {storage.join(run)} to start "
+                              "over") from None
+    return f"{run}/{name}" if name else None
 
 
-def validate_resume(run_dir: Path, state_file: str, required: tuple[str, ...] = ()) -> Path | None:
-    """Before resuming ``run_dir``: the latest checkpoint must load (``torch.load(weights_only=True)``) and hold the
-    ``required`` files, else raise :class:`CheckpointError` naming it."""
+def validate_resume(storage: Storage, run: str, state_file: str, required: tuple[str, ...] = ()) -> str | None:
+    """Before resuming run folder ``run``: the checkpoint Ray Train will restore (:func:`registered_checkpoint`)
+    must hold ``state_file`` (loadable with ``torch.load(weights_only=True)``) and the ``required`` files, else
+    :class:`CheckpointError` naming it. Returns that checkpoint's location (None: nothing to resume)."""
+    import io
+
     import torch
 
-    ckpt = latest_checkpoint_dir(run_dir)
+    ckpt = registered_checkpoint(storage, run)
     if ckpt is None:
         return None
+    where = storage.join(ckpt)
     for name in (state_file, *required):
-        if not (ckpt / name).is_file():
-            raise CheckpointError(f"checkpoint {ckpt} is incomplete (no {name}); delete {run_dir} to start over")
+        if not storage.is_file(ckpt, name):
+            raise CheckpointError(f"checkpoint {where} is incomplete (no {name}); delete {storage.join(run)} to "
+                                  "start over")
     try:
-        torch.load(ckpt / state_file, map_location="cpu", weights_only=True)
+        torch.load(io.BytesIO(storage.read_bytes(ckpt, state_file)), map_location="cpu", weights_only=True)
         for name in required:
             if name.endswith(".json"):
-                json.loads((ckpt / name).read_text())
+                json.loads(storage.read_text(ckpt, name))
     except Exception as err:  # noqa: BLE001 - any decode failure means the file is unusable
-        raise CheckpointError(f"checkpoint {ckpt} is corrupt ({type(err).__name__}); delete {run_dir} to start "
-                              "over") from None
-    return ckpt
+        raise CheckpointError(f"checkpoint {where} is corrupt ({type(err).__name__}); delete {storage.join(run)} "
+                              "to start over") from None
+    return where
 
 
-def fit_trainer(worker: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str, storage_path: Path,
+def fit_trainer(worker: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str, storage_path: str,
                 workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int, keep_checkpoints: int,
-                callbacks: list | None = None):
-    """``TorchTrainer(...).fit()`` with the house settings: one GPU per worker when asked, a stable run name (run
-    again = resume), ``max_failures`` worker-group restarts from the last checkpoint, the last k checkpoints kept.
+                gpus_per_worker: float = 1.0, callbacks: list | None = None):
+    """``TorchTrainer(...).fit()`` with the house settings: ``gpus_per_worker`` (fractional: several small runs
+    share a GPU) when ``use_gpu``, a stable run name under ``storage_path`` (a folder or a URI; run again = resume),
+    ``max_failures`` worker-group restarts from the last registered checkpoint, the last k checkpoints kept.
     ``workers=0`` is Ray Train's local mode (in-process)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    import torch.distributed
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    # NCCL for GPU workers; a CPU build of torch has no NCCL (a cluster that declares GPUs to a CPU-only image, as the
+    # simulated cluster of the tests does): gloo then, and the workers fall back to the CPU (worker_device).
+    nccl = use_gpu and torch.distributed.is_available() and torch.distributed.is_nccl_available()
     trainer = TorchTrainer(
         worker,
+        torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
         train_loop_config={**config, "local": workers == 0, "use_gpu": use_gpu,
                            "threads": max(1, int(cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+                                     resources_per_worker={"CPU": cpus_per_worker,
+                                                           **({"GPU": gpus_per_worker} if use_gpu else {})}),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
@@ -96,14 +123,15 @@ def worker_device(config: dict[str, Any]):
 
     worker_logging()
     torch.set_num_threads(config["threads"])
-    return get_device() if config["use_gpu"] else torch.device("cpu")
+    return get_device() if config["use_gpu"] and torch.cuda.is_available() else torch.device("cpu")
 
 
 def restore(state: Any, config: dict[str, Any], device: Any, state_file: str, progress_file: str,
-            position: str) -> tuple[int, int, list[int]]:
-    """Load ``state`` from the run's last checkpoint (if any). Returns (rank, world size, starts) where ``starts``
-    lists the ``position`` (step or epoch) at which each (re)start of the run began — the proof that a restarted
-    run resumed instead of starting over."""
+            position: str) -> tuple[int, int, list[int], dict[str, Any]]:
+    """Load ``state`` from the run's last checkpoint (if any). Returns (rank, world size, starts, progress) where
+    ``starts`` lists the ``position`` (step or epoch) at which each (re)start of the run began — the proof that a
+    restarted run resumed instead of starting over — and ``progress`` is the checkpoint's progress file ({} when
+    starting fresh)."""
     import os
 
     import ray.train
@@ -111,13 +139,13 @@ def restore(state: Any, config: dict[str, Any], device: Any, state_file: str, pr
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    starts: list[int] = []
+    progress: dict[str, Any] = {}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state.load_state_dict(torch.load(Path(d) / state_file, map_location=device, weights_only=True))
-            starts = json.loads((Path(d) / progress_file).read_text())["starts"]
-    starts.append(getattr(state, position))
+            progress = json.loads((Path(d) / progress_file).read_text())
+    starts = [*progress.get("starts", []), getattr(state, position)]
     if config.get("pid_dir") and rank == world - 1:  # lets fault-injection tests find a worker process
         Path(config["pid_dir"], f"worker-{rank}.pid").write_text(str(os.getpid()))
-    return rank, world, starts
+    return rank, world, starts, progress

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dia_ray.distributed.storage import is_uri
 from dia_ray.errors import StorageError
+from dia_ray.storage import Storage
 
 # fstypes whose contents are the same from every node (network / cluster filesystems). `fuse.*` covers gcsfuse,
 # s3fs, juicefs, sshfs, fuse.glusterfs, ... (FUSE mounts of remote stores); plain `fuseblk` is a local disk.
@@ -21,7 +21,6 @@ NETWORK_FSTYPES = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs", "beegfs", "glusterfs", "ocfs2", "gfs2",
     "wekafs", "panfs", "orangefs", "afs", "9p",
 })
-MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + the most workers the autoscaler adds
 
 
 def _unescape(field: str) -> str:
@@ -58,43 +57,32 @@ def is_network_fstype(fstype: str) -> bool:
     return fstype in NETWORK_FSTYPES or (fstype.startswith("fuse.") and fstype != "fuse.lxcfs")
 
 
-def require_shared_storage(storage: str, nodes: int, mounts_text: str | None = None) -> None:
+def require_shared_storage(storage: Storage | str, nodes: int, mounts_text: str | None = None) -> None:
     """Refuse a node-local ``storage`` path when the cluster has (or can grow to) more than one node.
 
     ``mounts_text`` is the ``/proc/mounts`` content (read from this machine when None; a parameter for tests).
     """
-    if nodes <= 1 or is_uri(storage):
+    st = storage if isinstance(storage, Storage) else Storage(storage)
+    if nodes <= 1 or not st.local:
         return
     if mounts_text is None:
         try:
             mounts_text = Path("/proc/mounts").read_text()
         except OSError:
             return  # not Linux: nothing to decide from; the sweep's own docs carry the rule
-    resolved = os.path.realpath(os.path.expanduser(storage))
-    point, fstype = mount_of(resolved, parse_mounts(mounts_text))
+    point, fstype = mount_of(st.uri, parse_mounts(mounts_text))
     if is_network_fstype(fstype):
         return
     raise StorageError(
-        f"storage '{storage}' is node-local ({fstype} mounted at {point}) but the cluster has {nodes} nodes: trials "
-        "on other nodes would write to their own disks and resume/leaderboard would miss them; use a shared "
-        "filesystem mounted at the same path on every node (NFS/EFS/Filestore or a FUSE-mounted bucket, e.g. "
-        "/mnt/shared/dia-ray)")
-
-
-def alive_node_count() -> int:
-    """Nodes of the connected Ray cluster that are alive now (``ray.init`` must have run)."""
-    import ray
-
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+        f"storage '{st.uri}' is node-local ({fstype} mounted at {point}) but the cluster has {nodes} nodes: trials "
+        "on other nodes would write to their own disks and resume/leaderboard would miss them; use an object store "
+        "(s3://bucket/prefix, gs://…) or a shared filesystem mounted at the same path on every node "
+        "(NFS/EFS/Filestore, e.g. /mnt/shared/dia-ray)")
 
 
 def expected_node_count() -> int:
-    """The most nodes this cluster may have during the run: the alive nodes, or more when an autoscaling cluster
-    says how far it can grow (``$DIA_RAY_MAX_NODES``, set by ``cluster/`` configs; a head-only cluster with
-    ``min_workers: 0`` has one alive node when the sweep starts and several a minute later)."""
-    alive = alive_node_count()
-    try:
-        declared = int(os.environ.get(MAX_NODES_ENV, "0"))
-    except ValueError:
-        declared = 0
-    return max(alive, declared)
+    """The most nodes this cluster may have during the run (:func:`~dia_ray.distributed.runtime.cluster_capacity`:
+    the alive nodes, or more when an autoscaling cluster says how far it can grow)."""
+    from dia_ray.distributed.runtime import cluster_capacity
+
+    return cluster_capacity().nodes

@@ -35,11 +35,13 @@ def run_demo(storage: str | Path, *, sweep_file: str | Path | None = None, stage
 
     t0 = time.time()
     root, _ = preflight(Placement(workers=1), storage)
-    sweep = load_sweep(sweep_file or demo_sweep_file(), data_root=str(root / "data"))
+    data_dir = root.join("data")
+    sweep = load_sweep(sweep_file or demo_sweep_file(), data_root=data_dir)
     dataset = sweep.datasets[0]
-    stage(f"[1/5] local Ray cluster (loopback only) and the synthetic fine-grained dataset in {root / 'data'}")
-    ref = data_ref(dataset, sweep.data_root)
+    stage(f"[1/5] local Ray cluster (loopback only) and the synthetic fine-grained dataset in {data_dir}")
+    ref, loaded = data_ref(dataset, sweep.data_root)
     connect(None)
+    ref = ref.share(loaded)
     res = sweep.resources
     stage("[2/5] DDPM on the normal training images (Ray Train)")
     # nothing else runs yet: the DDPM gets every local CPU (torch threads), the sweep's trials share them later
@@ -53,7 +55,7 @@ def run_demo(storage: str | Path, *, sweep_file: str | Path | None = None, stage
                       seed=0, actors=b.actors, batch_size=b.batch_size, num_cpus_per_actor=b.cpus_per_actor)
     stage(f"      bank {bank.path} ({'built' if bank.built else 'reused'})")
     stage(f"[4/5] sweep '{sweep.name}': {', '.join(sweep.methods)} x seeds {sweep.seeds} (Tune + Optuna)")
-    resume = SweepPaths(root, sweep.name).experiment(dataset).exists()
+    resume = root.exists(SweepPaths(root, sweep.name).dataset(dataset), "tune")
     run_sweep(sweep, root, resume=resume)
     stage("[5/5] leaderboard")
     report = publish(root)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dia_ray.distributed.storage import is_uri
+from dia_ray.storage import is_uri
 from dia_ray.errors import ClusterError, ConfigError
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class Submission:
     job_id: str
     address: str
     entrypoint: str
+    reused: str | None = None  # the status of an existing job of the same sweep + storage that was reused
 
 
 # ---------------------------------------------------------------------------------------------------- client
@@ -191,14 +192,18 @@ def load_sweep_file(sweep: Path) -> Path:
     return path.resolve()
 
 
-def check_cluster_storage(storage: str) -> str:
-    """``--storage`` as the head node will read it: an object-store URI or an absolute path on the cluster. A relative
-    path would land in the job's temporary working dir and vanish with it; ``~`` would be the remote user's home."""
+def check_cluster_storage(storage: str, option: str = "--storage") -> str:
+    """``--storage`` (or ``--data-root``) as the head node will read it: a URI or an absolute path on the cluster. A
+    relative path would land in the job's temporary working dir and vanish with it; ``~`` would be the remote
+    user's home."""
     if is_uri(storage):
-        return storage.rstrip("/")
+        from dia_ray.storage import Storage
+
+        return Storage(storage).uri  # a malformed URI is one line here, before anything is uploaded
     if storage.startswith("~") or not storage.startswith("/"):
-        raise ConfigError(f"--storage '{storage}' must be an absolute path on the cluster (a shared filesystem such "
-                          "as /mnt/shared/dia-ray) or an object-store URI (s3://bucket/prefix)")
+        what = "a shared filesystem such as /mnt/shared/dia-ray" if option == "--storage" else "e.g. /data on the head"
+        raise ConfigError(f"{option} '{storage}' must be an absolute path on the cluster ({what}) or a URI "
+                          "(s3://bucket/prefix)")
     return storage
 
 
@@ -247,10 +252,35 @@ def build_runtime_env(working_dir: Path, overlay: dict[str, Any] | None = None) 
     return env
 
 
-def sweep_entrypoint(sweep_in_working_dir: str, storage: str, resume: bool = False) -> str:
-    """The shell command the head runs; the sweep path is relative to the uploaded working_dir."""
+def sweep_entrypoint(sweep_in_working_dir: str, storage: str, resume: bool = False, *, data_root: str | None = None,
+                     mlflow_uri: str | None = None, wandb_project: str | None = None) -> str:
+    """The shell command the head runs; the sweep path is relative to the uploaded working_dir. The data root is read
+    by that driver on the head (or from its URI) and reaches the workers through the object store: nothing large
+    travels in the runtime env."""
     args = ["python", "-m", "dia_ray", "sweep", sweep_in_working_dir, "--storage", storage, "--address", "auto"]
+    for flag, value in (("--data-root", data_root), ("--mlflow-uri", mlflow_uri), ("--wandb-project", wandb_project)):
+        if value:
+            args += [flag, value]
     return " ".join(shlex.quote(a) for a in args + (["--resume"] if resume else []))
+
+
+def submission_base(sweep: Path, storage: str) -> str:
+    """A stable job id for (sweep file content, storage): a retried `dia-ray submit` finds the job it started."""
+    import hashlib
+
+    digest = hashlib.sha256(sweep.read_bytes() + b"\0" + storage.encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", sweep.stem)[:40]
+    return f"dia-ray-{name}-{digest}"
+
+
+def _existing_attempts(client: JobSubmissionClient, base: str) -> list[tuple[int, JobDetails]]:
+    attempts = []
+    for job in client.list_jobs():
+        sid = job.submission_id or ""
+        m = re.fullmatch(re.escape(base) + r"(?:-r(\d+))?", sid)
+        if m:
+            attempts.append((int(m[1] or 1), job))
+    return sorted(attempts, key=lambda a: a[0])
 
 
 @contextmanager
@@ -277,20 +307,36 @@ def staged_working_dir(sweep: Path) -> Iterator[tuple[Path, str]]:
 
 
 def submit_sweep(sweep: Path, address: str | None, storage: str, runtime_env_file: Path | None = None,
-                 resume: bool = False) -> Submission:
-    """Validate locally, upload the project, start ``dia-ray sweep`` on the cluster; returns the job id.
-    ``resume`` continues a sweep that already has results in ``storage`` (``dia-ray sweep --resume``)."""
+                 resume: bool = False, *, data_root: str | None = None, mlflow_uri: str | None = None,
+                 wandb_project: str | None = None) -> Submission:
+    """Validate locally, upload the project (code only: data, results and checkpoints are excluded), start
+    ``dia-ray sweep`` on the cluster; returns the job id. ``resume`` continues a sweep that already has results in
+    ``storage``. The job id is stable for (sweep file, storage): while that job is pending/running, or once it
+    succeeded, submitting again returns it instead of starting a second sweep; after it failed or was stopped, a
+    new attempt (``<id>-r2``, …) resumes it."""
     sweep_path = load_sweep_file(sweep)
     storage = check_cluster_storage(storage)
+    data_root = check_cluster_storage(data_root, "--data-root") if data_root else None
     overlay = load_runtime_env_file(runtime_env_file)
+    base = submission_base(sweep_path, storage)
     with staged_working_dir(sweep_path) as (work, sweep_rel):
         runtime_env = build_runtime_env(work, overlay)  # every local mistake is reported before the network
-        entrypoint = sweep_entrypoint(sweep_rel, storage, resume)
-        metadata = {"dia_ray_sweep": sweep_rel, "dia_ray_storage": storage}
         client, url = connect(address)
         with _cluster_errors(url, "submitting the sweep"):
+            attempts = _existing_attempts(client, base)
+            if attempts:
+                n, last = attempts[-1]
+                if not last.status.is_terminal() or str(last.status) == "SUCCEEDED":
+                    return Submission(job_id=last.submission_id, address=url, entrypoint=last.entrypoint,
+                                      reused=str(last.status))
+                resume = True  # the failed/stopped attempt left results in storage
+            job_id = f"{base}-r{attempts[-1][0] + 1}" if attempts else base
+            entrypoint = sweep_entrypoint(sweep_rel, storage, resume, data_root=data_root, mlflow_uri=mlflow_uri,
+                                          wandb_project=wandb_project)
+            metadata = {"dia_ray_sweep": sweep_rel, "dia_ray_storage": storage}
             try:
-                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
+                                           submission_id=job_id)
             except ValueError as err:  # package too large, invalid runtime_env field
                 raise ConfigError(f"cannot package {work} for the cluster: {_one_line(err)}") from None
     log.debug("submitted %s to %s: %s", job_id, url, entrypoint)

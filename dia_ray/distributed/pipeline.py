@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from dia_ray.config import DDPMConfig, TrainConfig, budget_overrides, deep_update, default_budget, parse
-from dia_ray.distributed.storage import ensure_writable
-from dia_ray.distributed.train_ddpm import DataRef, find_ddpm, train_ddpm_ray
+from dia_ray.distributed.dataref import DataRef, local_data_root
+from dia_ray.distributed.train_ddpm import find_ddpm, train_ddpm_ray
 from dia_ray.errors import ClusterError, ConfigError
+from dia_ray.storage import Storage, is_uri, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ class Placement:
     address: str | None = None
 
 
-def preflight(placement: Placement, storage: str | os.PathLike) -> tuple[Path, float]:
+def preflight(placement: Placement, storage: str | os.PathLike) -> tuple[Storage, float]:
     """Checks that need no cluster: storage writable, GPU present when asked, enough local CPUs. Returns the
-    resolved storage and the CPUs per worker."""
-    root = ensure_writable(storage)
+    storage root and the CPUs per worker."""
+    root = open_storage(storage, writable=True)
     if placement.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = Ray Train local mode, in-process)")
     if placement.address is None:
@@ -50,22 +51,29 @@ def preflight(placement: Placement, storage: str | os.PathLike) -> tuple[Path, f
     return root, per
 
 
-def connect_and_check(placement: Placement, cpus_per_worker: float) -> None:
+def connect_and_check(placement: Placement, cpus_per_worker: float, storage: Storage | None = None) -> None:
+    """Join/start Ray, refuse a request the cluster can never schedule, and (multi-node) a node-local storage."""
+    from dia_ray.distributed.cluster_checks import expected_node_count, require_shared_storage
     from dia_ray.distributed.runtime import check_train_resources, connect
 
     connect(placement.address)
     check_train_resources(max(placement.workers, 1), placement.use_gpu, cpus_per_worker)
+    if storage is not None:
+        require_shared_storage(storage, expected_node_count())
 
 
 def data_ref(dataset: str, data_root: str | os.PathLike | None, normal_class: str | None = None,
-             image_size: int | None = None) -> DataRef:
-    """Resolve and validate the dataset on the driver (one clear error before any worker starts); synthetic
-    datasets that are absent are generated."""
+             image_size: int | None = None) -> tuple[DataRef, Any]:
+    """Resolve, read and validate the dataset on the driver (one clear error before any worker starts; synthetic
+    datasets that are absent are generated). ``data_root`` may be a URI: only this dataset is fetched. Returns the
+    reference and the loaded dataset; :meth:`DataRef.share` puts the latter into the object store once Ray runs."""
     from dia_ray.data import default_data_root, load_dataset
 
-    root = Path(data_root or default_data_root()).expanduser().resolve()
-    load_dataset(dataset, root, normal_class=normal_class, image_size=image_size)
-    return DataRef(dataset=dataset, data_root=str(root), normal_class=normal_class, image_size=image_size)
+    given = str(data_root) if data_root else str(default_data_root())
+    root = local_data_root(given, dataset, normal_class)
+    loaded = load_dataset(dataset, root, normal_class=normal_class, image_size=image_size)
+    location = given if is_uri(given) else str(root)
+    return DataRef(dataset=dataset, data_root=location, normal_class=normal_class, image_size=image_size), loaded
 
 
 def ddpm_config(dataset: str, budget: str | None = None, **overrides: Any) -> DDPMConfig:
@@ -80,9 +88,9 @@ def train_config(dataset: str, method: str, budget: str | None = None, overrides
     return parse(TrainConfig, deep_update(base, overrides or {}), "train config")
 
 
-def ensure_ddpm(ref: DataRef, cfg: DDPMConfig, storage: str | os.PathLike, placement: Placement,
-                cpus_per_worker: float) -> Path:
-    """The DDPM for (dataset, config) from storage, trained first when absent."""
+def ensure_ddpm(ref: DataRef, cfg: DDPMConfig, storage: Storage, placement: Placement,
+                cpus_per_worker: float) -> str:
+    """The DDPM for (dataset, config) from storage (its location), trained first when absent."""
     found = find_ddpm(storage, ref, cfg)
     if found is not None:
         log.info("using DDPM %s", found)
@@ -120,21 +128,23 @@ def cli_overrides(sets: list[str], **named: Any) -> dict[str, Any]:
     return out
 
 
-def run_training(cfg: TrainConfig, ref: DataRef, storage: Path, placement: Placement, cpus_per_worker: float, *,
+def run_training(cfg: TrainConfig, ref: DataRef, storage: Storage, placement: Placement, cpus_per_worker: float, *,
                  budget: str | None = None, ddpm: str | os.PathLike | None = None,
-                 bank: str | os.PathLike | None = None, **kwargs: Any):
+                 bank: str | os.PathLike | None = None, loaded: Any = None, **kwargs: Any):
     """One `dia-ray train`: check the cluster, get the DDPM (given, found, or trained) when the method dissolves with
-    it, train, return the result record."""
+    it, train, return the result record. ``loaded`` (from :func:`data_ref`) goes to the object store once."""
     from dia_ray.algo.ddpm import load_ddpm
+    from dia_ray.distributed.train_ddpm import local_ddpm
     from dia_ray.distributed.train_dia import train_dia_ray
-    from dia_ray.errors import CheckpointError
+    from dia_ray.errors import CheckpointError, StorageError
 
     if ddpm is not None:
         try:
-            load_ddpm(ddpm)
-        except (OSError, ValueError) as err:
+            load_ddpm(local_ddpm(ddpm))
+        except (OSError, ValueError, StorageError) as err:
             raise CheckpointError(f"--ddpm {ddpm}: cannot load it ({err})") from None
-    connect_and_check(placement, cpus_per_worker)
+    connect_and_check(placement, cpus_per_worker, storage)
+    ref = ref.share(loaded)
     if cfg.dissolve.kind == "diffusion" and ddpm is None and bank is None:
         ddpm = ensure_ddpm(ref, ddpm_for_training(cfg, ref.dataset, budget), storage, placement, cpus_per_worker)
     return train_dia_ray(cfg, ref, storage, workers=placement.workers, use_gpu=placement.use_gpu,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from dia_ray.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
+MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + the most workers the autoscaler adds
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -40,24 +42,71 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
 
 
-def cluster_resources() -> dict[str, float]:
+@dataclass(frozen=True)
+class Capacity:
+    """What the cluster can offer during the run: the larger of the nodes up now and what its autoscaler may add
+    (from the autoscaler's cluster config when Ray has one, else ``$DIA_RAY_MAX_NODES`` x the largest node up)."""
+
+    resources: dict[str, float]
+    nodes: int
+    source: str  # "nodes up now" | "autoscaler config" | "$DIA_RAY_MAX_NODES"
+
+
+def cluster_capacity() -> Capacity:
     import ray
 
-    return dict(ray.cluster_resources())
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    config = None
+    try:  # the autoscaler's node groups and their max_count (ray up / KubeRay); private API, so guarded
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - no autoscaler (local/manual cluster) or another Ray version
+        config = None
+    if config is not None and config.node_group_configs:
+        most = {k: 0.0 for k in now}
+        nodes = 0
+        for group in config.node_group_configs:
+            count = group.max_count if group.max_count >= 0 else 1_000
+            nodes += count
+            for key, value in group.resources.items():
+                most[key] = most.get(key, 0.0) + count * float(value)
+        merged = {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in {*now, *most}}
+        return Capacity(merged, max(nodes, len(alive)), "autoscaler config")
+    try:
+        declared = int(os.environ.get(MAX_NODES_ENV, "0"))
+    except ValueError:
+        declared = 0
+    if declared > len(alive) and alive:
+        biggest: dict[str, float] = {}
+        for node in alive:
+            for key, value in node.get("Resources", {}).items():
+                biggest[key] = max(biggest.get(key, 0.0), float(value))
+        grown = {k: max(now.get(k, 0.0), biggest.get(k, 0.0) * declared) for k in {*now, *biggest}}
+        return Capacity(grown, declared, f"${MAX_NODES_ENV}")
+    return Capacity(now, len(alive), "nodes up now")
+
+
+def cluster_resources() -> dict[str, float]:
+    return cluster_capacity().resources
 
 
 def check_train_resources(workers: int, use_gpu: bool, cpus_per_worker: float, gpus_per_worker: float = 1.0) -> None:
-    """Refuse a Train run the cluster can never schedule (instead of hanging in PENDING)."""
-    res = cluster_resources()
+    """Refuse a Train run the cluster can never schedule (instead of hanging in PENDING). Checked against the
+    cluster's capacity (:func:`cluster_capacity`: autoscaling clusters count the nodes they can still add), so a
+    run may start while GPU nodes are still coming up."""
+    cap = cluster_capacity()
+    res = cap.resources
     n = max(workers, 1)
-    if use_gpu and res.get("GPU", 0) < gpus_per_worker * n:
+    if use_gpu and res.get("GPU", 0) + 1e-9 < gpus_per_worker * n:
         have = res.get("GPU", 0)
-        raise ClusterError(f"--gpu asks for {n} worker(s) x {gpus_per_worker} GPU but the cluster has {have:g} GPU(s)"
-                           + ("" if have else "; drop --gpu to train on CPU"))
+        raise ClusterError(f"--gpu asks for {n} worker(s) x {gpus_per_worker:g} GPU but the cluster has {have:g} "
+                           f"GPU(s) ({cap.source})" + ("" if have else "; drop --gpu to train on CPU"))
     need = cpus_per_worker * n
     if res.get("CPU", 0) + 1e-9 < need:
         raise ClusterError(f"{n} worker(s) x {cpus_per_worker:g} CPU need {need:g} CPUs but the cluster has "
-                           f"{res.get('CPU', 0):g}; use fewer --workers")
+                           f"{res.get('CPU', 0):g} ({cap.source}); use fewer --workers")
 
 
 def worker_threads(cpus_per_worker: float) -> int:

@@ -1,62 +1,68 @@
 """Sweeps: Ray Tune + Optuna, one study per dataset (a study never mixes datasets), all datasets' studies progressing
-concurrently on one cluster, resumable after the driver dies.
+concurrently on one cluster, resumable after the driver dies, isolated from each other.
 
-Layout: ``STORAGE/sweeps/<name>/<dataset>/`` holds the Tune experiment (stable name, no timestamp, so ``--resume``
-finds it), ``train/`` (the Ray Train runs of its trials) and ``records/`` (one JSON-lines result record per
-(config, seed), written the moment that seed finishes). A trial trains each of the sweep's seeds with the Ray Train
-DIA trainer (a Tune function trainable launching a TorchTrainer, the Train V2 / Tune integration) and reports the
-mean metric over the seeds done so far. Records are keyed by (config hash, seed): a trial restarted after a crash
-skips the seeds whose records exist, so every finished run is kept exactly once.
+Layout under the storage root (a folder or a URI): ``sweeps/<name>/<dataset>/tune`` (the Tune experiment: stable
+name, no timestamp, so ``--resume`` finds it), ``…/train`` (the Ray Train runs of its trials) and ``…/records``
+(one JSON-lines result record per (configuration, seed), written the moment that run finishes), and
+``sweeps/<name>/sweep.json`` (the last summary).
 
-DDPMs and banks are built once per key by each dataset's study task *before* its trials start, and passed to the
-trials by path: no two trials build the same artifact.
+Trials: every seed of a configuration is its own Tune trial (``Repeater`` around ``OptunaSearch``: the searcher sees
+the mean over seeds), running concurrently; a trial trains with the Ray Train DIA trainer, whose every evaluation is
+reported to Tune (``TuneReportCallback``): Tune's loggers, TensorBoard, MLflow and W&B get per-epoch curves, and ASHA
+can stop a trial early. Tune's config of a trial is the full resolved TrainConfig (dotted keys), so HParams and
+MLflow params are complete. Records are keyed by (config hash, seed): a trial restarted after a crash or a lost node
+resumes its Ray Train run from the last registered checkpoint, and a finished run is never trained twice.
+
+Dependencies, not barriers: a DIA trial waits (``ray.get``) only for its own DDPM / bank, built by tasks started when
+the study starts; CSI and blur trials start at once.
+
+Isolation: each study runs as a Ray task pinned to the driver's node (the head node under ``dia-ray submit``); a
+study that fails — its data, its DDPM, OOM, a lost node — is reported in the summary with its reason, the others
+go on, and ``--resume`` retries it. Several Tuners in one Ray job (which Ray's Tune FAQ warns about): each study's
+trainable has its own registry name, and the Train runs inside trials take their resources as placement groups
+that Ray Train waits for (retrying forever, ``FailureConfig.controller_failure_limit=-1``), so studies whose trials
+together ask for more workers than exist queue rather than fail; the integration tests run six such studies on the
+simulated two-node cluster.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from dia_ray.config import TrainConfig
-from dia_ray.distributed.train_ddpm import DataRef
-from dia_ray.errors import ClusterError, ConfigError
+from dia_ray.config import TrainConfig, flatten
+from dia_ray.distributed.dataref import DataRef
+from dia_ray.errors import ClusterError, ConfigError, DataError
+from dia_ray.storage import Storage, open_storage
 from dia_ray.sweepfile import Param, SweepFile, decode_params, encode_choice
 
 log = logging.getLogger(__name__)
 
-# Training throughput at 28 px (images/s) used only by --dry-run cost estimates. CPU: measured by `dia-ray demo` on
-# this project's 2-core machine kind (one torch thread per trial, ResNet-18 imagenet stem, batch 32; the reference
-# code's step does 1.75 img/s there, ALGORITHM.md §10). A100: ESTIMATES, not measured here (from the FLOP count of
-# 12 ResNet-18 views per image at ~40 TFLOP/s effective). Cost grows ~linearly with pixels on CPU and ~with their
-# square root on an A100 (small images leave it underused).
-THROUGHPUT_ESTIMATE = {
-    ("cpu", "dia"): 20.0, ("cpu", "csi"): 28.0, ("cpu", "blur"): 19.0,
-    ("a100", "dia"): 1500.0, ("a100", "csi"): 2300.0, ("a100", "blur"): 1800.0,
-}
-# (normal train images, test images) per dataset, for the estimates (ALGORITHM.md §6).
-DATASET_SIZES = {"pneumoniamnist": (1214, 624), "breastmnist": (399, 156), "covid": (861, 745),
-                 "kvasir": (4900, 2400), "retina": (26315, 968), "aptos": (1264, 1099)}
+TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: the seed's index in `seeds`
 
 
 @dataclass(frozen=True)
 class SweepPaths:
-    root: Path
+    storage: Storage
     name: str
 
-    def dataset_dir(self, dataset: str) -> Path:
-        return self.root / "sweeps" / self.name / dataset
+    def dataset(self, dataset: str) -> str:
+        """``sweeps/<name>/<dataset>`` relative to the storage root."""
+        return f"sweeps/{self.name}/{dataset}"
 
-    def experiment(self, dataset: str) -> Path:
-        return self.dataset_dir(dataset) / "tune"
+    def experiment(self, dataset: str) -> str:
+        """The Tune experiment's location (what Tune's storage_path + name resolve to)."""
+        return self.storage.join(self.dataset(dataset), "tune")
 
-    def records(self, dataset: str) -> Path:
-        return self.dataset_dir(dataset) / "records"
+    def records(self, dataset: str) -> str:
+        return f"{self.dataset(dataset)}/records"
+
+    def train(self, dataset: str) -> str:
+        return f"{self.dataset(dataset)}/train"
 
 
 def optuna_space(space: dict[str, Param]) -> dict[str, Any]:
@@ -74,7 +80,9 @@ def optuna_space(space: dict[str, Param]) -> dict[str, Any]:
     return dists
 
 
-def make_sampler(sweep: SweepFile):
+def make_sampler(sweep: SweepFile, concurrent: int):
+    """Grid: exactly the grid. TPE: ``constant_liar`` when trials run concurrently (running trials count as bad
+    guesses, so concurrent suggestions spread out instead of repeating the same point)."""
     import optuna
 
     if sweep.sampler == "grid":
@@ -82,7 +90,7 @@ def make_sampler(sweep: SweepFile):
         return optuna.samplers.GridSampler(grid, seed=sweep.optuna_seed)
     if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=sweep.optuna_seed)
-    return optuna.samplers.TPESampler(seed=sweep.optuna_seed)
+    return optuna.samplers.TPESampler(seed=sweep.optuna_seed, constant_liar=concurrent > 1)
 
 
 def method_needs_ddpm(sweep: SweepFile) -> bool:
@@ -106,71 +114,191 @@ def t_ranges(sweep: SweepFile, dataset: str) -> list[tuple[int, int]]:
     return [t_range_for(sweep.train_config(dataset, {}, 0), get_spec(dataset).t_range)]
 
 
+def artifact_slot(cfg: TrainConfig, spec_t_range: tuple[int, int], bank_mode: bool) -> str:
+    """Which prebuilt artifact a DIA run dissolves with: the DDPM of its resolution, or its (resolution, t) bank."""
+    from dia_ray.distributed.train_dia import t_range_for
+
+    if not bank_mode:
+        return f"ddpm-r{cfg.dissolve.resolution}"
+    lo, hi = t_range_for(cfg, spec_t_range)
+    return f"bank-r{cfg.dissolve.resolution}-t{lo}-{hi}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the searcher: Optuna's suggestion, repeated once per seed, handed to Tune as the full resolved config
+
+
+def seed_repeater(sweep: SweepFile, dataset: str, concurrent: int):
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    class SeedRepeater(Repeater):
+        """Each Optuna suggestion becomes ``len(seeds)`` trials (one per seed; Optuna is told their mean), and
+        each trial's config is the complete TrainConfig it runs, flattened to dotted keys, plus ``param.<key>``
+        for the swept values as Optuna encodes them."""
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            index = int(config.get(TRIAL_INDEX, 0))
+            raw = {k: v for k, v in config.items() if k != TRIAL_INDEX}
+            cfg = sweep.train_config(dataset, decode_params(raw, sweep.search_space()), sweep.seeds[index])
+            return {TRIAL_INDEX: index, **{f"param.{k}": v for k, v in raw.items()},
+                    **flatten(cfg.model_dump(mode="json"))}
+
+    searcher = OptunaSearch(space=optuna_space(sweep.search_space()), metric=sweep.metric, mode=sweep.mode,
+                            sampler=make_sampler(sweep, concurrent), seed=None,
+                            study_name=f"{sweep.name}-{dataset}")
+    return SeedRepeater(searcher, repeat=len(sweep.seeds), set_index=True)
+
+
+def trial_config(sweep: SweepFile, dataset: str, config: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """(the TrainConfig, the swept params decoded) of a trial's Tune config (see ``SeedRepeater``)."""
+    raw = {k.removeprefix("param."): v for k, v in config.items() if k.startswith("param.")}
+    params = decode_params(raw, sweep.search_space())
+    return sweep.train_config(dataset, params, sweep.seeds[int(config.get(TRIAL_INDEX, 0))]), params
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the trial
 
 
+def _final_metrics(rec) -> dict[str, Any]:
+    last = rec.auroc_last
+    return {"auroc": last, "auroc_last": last, "auroc_best_test": rec.auroc_best_test, "epoch": rec.epochs,
+            "done": True, "images_per_s": rec.images_per_s, "from_record": True}
+
+
 def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """One Tune trial: train every seed of one sampled configuration, report the running mean metric."""
-    import numpy as np
+    """One Tune trial: one seed of one configuration, trained by the Ray Train trainer (which reports every epoch
+    to Tune). A run whose record exists (a restarted trial) reports that record instead of training again."""
+    import ray
     import ray.tune as tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from dia_ray.distributed.runtime import worker_logging
-    from dia_ray.distributed.train_dia import run_key, t_range_for, train_dia_ray
+    from dia_ray.distributed.train_dia import read_record, run_key, train_dia_ray
 
     worker_logging()
     sweep = SweepFile.model_validate(ctx["sweep"])
     dataset = ctx["dataset"]
-    params = decode_params(config, sweep.search_space())
-    ref = DataRef(**ctx["data"])
-    res = ctx["resources"]
+    cfg, params = trial_config(sweep, dataset, config)
+    st = Storage(ctx["storage"])
+    paths = SweepPaths(st, sweep.name)
+    record_rel = f"{paths.records(dataset)}/{run_key(cfg)}.jsonl"
+    done = read_record(st, record_rel)
+    if done is not None:
+        tune.report(_final_metrics(done))
+        return
+    ddpm = bank = None
+    if cfg.dissolve.kind == "diffusion":
+        location = ray.get(ctx["artifacts"][artifact_slot(cfg, tuple(ctx["spec_t_range"]),
+                                                           sweep.dissolve_mode == "bank")])
+        bank, ddpm = (location, None) if sweep.dissolve_mode == "bank" else (None, location)
+    res = sweep.resources
+    share = res.gpu_share(ctx["image_size"])
     trial_id = tune.get_context().get_trial_id()
-    values: list[float] = []
-    for i, seed in enumerate(sweep.seeds):
-        cfg: TrainConfig = sweep.train_config(dataset, params, seed)
-        ddpm = bank = None
-        if cfg.dissolve.kind == "diffusion":
-            if sweep.dissolve_mode == "bank":
-                bank = ctx["banks"][_bank_slot(cfg.dissolve.resolution, t_range_for(cfg, tuple(ctx["spec_t_range"])))]
-            else:
-                ddpm = ctx["ddpms"][str(cfg.dissolve.resolution)]
-        rec = train_dia_ray(
-            cfg, ref, ctx["storage"], workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0,
-            cpus_per_worker=res["cpus_per_worker"], ddpm_path=ddpm, bank_path=bank,
-            run_dir=ctx["train_dir"], record_file=Path(ctx["records_dir"]) / f"{run_key(cfg)}.jsonl",
-            extra={"sweep": sweep.name, "trial_id": trial_id},
-            params={k: v for k, v in params.items() if k != "method"},
-            max_failures=1,
-        )
-        values.append(getattr(rec, sweep.metric))
-        tune.report({"auroc": float(np.mean(values)), "auroc_std": float(np.std(values)), "seeds_done": i + 1,
-                     "method": cfg.method, "config_hash": cfg.config_hash(),
-                     "images_per_s": rec.images_per_s})
-
-
-def _bank_slot(resolution: int, t_range: tuple[int, int]) -> str:
-    return f"r{resolution}-t{t_range[0]}-{t_range[1]}"
+    train_dia_ray(
+        cfg, DataRef(**ctx["data"]), st, workers=res.workers, use_gpu=share > 0, cpus_per_worker=res.cpus_per_worker,
+        gpus_per_worker=share, ddpm_path=ddpm, bank_path=bank, run_dir=paths.train(dataset), record_file=record_rel,
+        callbacks=[TuneReportCallback()], extra={"sweep": sweep.name, "trial_id": trial_id},
+        params={k: v for k, v in params.items() if k != "method"}, report_extra={"trial_id": trial_id},
+        max_failures=1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# one dataset's study (runs as a Ray task so that all datasets progress at the same time)
+# artifacts: DDPMs and banks, built once per key by tasks the DIA trials wait for
 
 
-def _progress_callback(dataset: str, total: int):
+def _build_ddpm(ref: dict[str, Any], sweep_dict: dict[str, Any], resolution: int, storage: str) -> str:
+    from dia_ray.distributed.pipeline import ddpm_config
+    from dia_ray.distributed.runtime import worker_logging
+    from dia_ray.distributed.train_ddpm import train_ddpm_ray
+
+    worker_logging()
+    sweep = SweepFile.model_validate(sweep_dict)
+    data = DataRef(**ref)
+    r = sweep.ddpm_placement()
+    from dia_ray.data.registry import get_spec
+
+    share = r.gpu_share(get_spec(data.dataset, normal_class=sweep.normal_class).image_size)
+    cfg = ddpm_config(data.dataset, sweep.budget, resolution=resolution, **sweep.ddpm)
+    return train_ddpm_ray(data, cfg, storage, workers=r.workers, use_gpu=share > 0, cpus_per_worker=r.cpus_per_worker,
+                          gpus_per_worker=share)
+
+
+def _build_bank(ddpm: str, ref: dict[str, Any], sweep_dict: dict[str, Any], resolution: int,
+                t_range: tuple[int, int], gpus_per_actor: float, storage: str) -> str:
+    from dia_ray.distributed.bank import build_bank
+    from dia_ray.distributed.runtime import worker_logging
+
+    worker_logging()
+    b = SweepFile.model_validate(sweep_dict).bank
+    info = build_bank(DataRef(**ref), ddpm, storage, t_range=t_range, versions=b.versions, resolution=resolution,
+                      seed=0, actors=b.actors, batch_size=b.batch_size, num_cpus_per_actor=b.cpus_per_actor,
+                      num_gpus_per_actor=gpus_per_actor)
+    return info.path
+
+
+def start_artifacts(sweep: SweepFile, dataset: str, ref: DataRef, storage: Storage, image_size: int,
+                    strategy: Any) -> dict[str, Any]:
+    """Start the DDPM/bank builds this study's DIA trials need; returns {slot: ObjectRef of the location}. Nothing
+    waits for them here: a trial waits for its own slot only."""
+    import ray
+
+    if not method_needs_ddpm(sweep):
+        return {}
+    sweep_dict = sweep.model_dump(mode="json")
+    task = dict(num_cpus=0, max_retries=1, scheduling_strategy=strategy)
+    gpus = sweep.bank.gpus_per_actor or (sweep.resources.gpu_share(image_size) if sweep.resources.uses_gpu else 0.0)
+    out: dict[str, Any] = {}
+    for r in resolutions(sweep, dataset):
+        ddpm = ray.remote(_build_ddpm).options(**task, name=f"ddpm-{dataset}-r{r}").remote(
+            ref.as_dict(), sweep_dict, r, storage.uri)
+        out[f"ddpm-r{r}"] = ddpm
+        if sweep.dissolve_mode == "bank":
+            for lo, hi in t_ranges(sweep, dataset):
+                out[f"bank-r{r}-t{lo}-{hi}"] = ray.remote(_build_bank).options(
+                    **task, name=f"bank-{dataset}-r{r}-t{lo}-{hi}").remote(
+                    ddpm, ref.as_dict(), sweep_dict, r, (lo, hi), gpus, storage.uri)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one dataset's study (a Ray task on the driver's node, so that all datasets progress at the same time)
+
+
+def _progress_callback(dataset: str, total: int, every_s: float = 30.0):
     from ray.tune import Callback
 
     class Progress(Callback):
+        """Trials done / running / pending and the best so far, when a trial ends and every ``every_s``."""
+
         def __init__(self) -> None:
-            self.done = 0
             self.best: float | None = None
+            self.last = 0.0
+
+        def _line(self, trials, what: str) -> None:
+            states = [t.status for t in trials]
+            done = sum(s in ("TERMINATED", "ERROR") for s in states)
+            running = states.count("RUNNING")
+            log.info("[%s] %s — trials %d/%d done, %d running, %d pending; best auroc so far %s", dataset, what,
+                     done, total, running, total - done - running, _fmt(self.best))
+            self.last = time.monotonic()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            value = result.get("auroc")
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                self.best = value if self.best is None else max(self.best, value)
+
+        def on_step(self, iteration, trials, **info) -> None:
+            if time.monotonic() - self.last > every_s:
+                self._line(trials, "running")
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.done += 1
-            value = (trial.last_result or {}).get("auroc")
-            if value is not None:
-                self.best = value if self.best is None else max(self.best, value)
-            log.info("[%s] trial %s finished (%d/%d): auroc %s, best %s", dataset, trial.trial_id, self.done, total,
-                     _fmt(value), _fmt(self.best))
+            self._line(trials, f"trial {trial.trial_id} finished (auroc {_fmt((trial.last_result or {}).get('auroc'))})")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             log.warning("[%s] trial %s errored (retried up to the sweep's max_retries)", dataset, trial.trial_id)
@@ -179,51 +307,70 @@ def _progress_callback(dataset: str, total: int):
 
 
 def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict[str, Any], resume: bool,
-              mlflow_uri: str | None = None) -> dict[str, Any]:
-    """Build this dataset's DDPMs/banks, then run (or restore) its Tune experiment. Returns a summary."""
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def best_from_records(storage: Storage, records_rel: str, sweep: SweepFile) -> dict[str, Any] | None:
+    """The best configuration by the seed-mean of the sweep's metric, from the records on storage."""
+    from dia_ray.results.collect import collect
+
+    if not storage.exists(records_rel):
+        return None
+    groups: dict[str, list] = {}
+    for rec in collect(storage.child(records_rel)).records:
+        groups.setdefault(rec.config_hash, []).append(rec)
+    if not groups:
+        return None
+    sign = 1 if sweep.mode == "max" else -1
+    key = max(groups, key=lambda h: sign * sum(getattr(r, sweep.metric) for r in groups[h]) / len(groups[h]))
+    recs = groups[key]
+    return {"metric": sweep.metric, "value": sum(getattr(r, sweep.metric) for r in recs) / len(recs),
+            "seeds": sorted(r.seed for r in recs), "method": recs[0].method, "params": recs[0].params,
+            "config_hash": key}
+
+
+def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict[str, Any], image_size: int,
+              resume: bool, concurrent: int, trackers: dict[str, Any]) -> dict[str, Any]:
+    """Start this dataset's artifacts, run (or restore) its Tune experiment. Returns its summary; any failure is
+    caught and summarised (``status: failed`` and the reason) so that it never stops another study."""
+    t0 = time.time()
+    summary: dict[str, Any] = {"dataset": dataset, "status": "running", "started": t0}
+    try:
+        summary.update(_run_study(SweepFile.model_validate(sweep_dict), dataset, Storage(storage), DataRef(**data),
+                                  image_size, resume, concurrent, trackers))
+        summary["status"] = "partial" if summary["errors"] else "ok"
+    except Exception as err:  # noqa: BLE001 - isolation: report, never propagate to the other studies
+        log.error("[%s] study failed: %s", dataset, _one_line(err))
+        summary.update(status="failed", reason=_one_line(err))
+    summary["finished"] = time.time()
+    summary["seconds"] = summary["finished"] - t0
+    return summary
+
+
+def _run_study(sweep: SweepFile, dataset: str, st: Storage, ref: DataRef, image_size: int, resume: bool,
+               concurrent: int, trackers: dict[str, Any]) -> dict[str, Any]:
+    import ray
     import ray.tune as tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from dia_ray.data.registry import get_spec
-    from dia_ray.distributed.pipeline import ddpm_config
     from dia_ray.distributed.runtime import worker_logging
-    from dia_ray.distributed.train_ddpm import train_ddpm_ray
+    from dia_ray.distributed.trackers import tune_callbacks
 
     worker_logging()
-    sweep = SweepFile.model_validate(sweep_dict)
-    paths = SweepPaths(Path(storage), sweep.name)
-    ref = DataRef(**data)
-    res = sweep.resources
-    t0 = time.time()
-    ddpms: dict[str, str] = {}
-    banks: dict[str, str] = {}
-    spec_t_range = get_spec(dataset, normal_class=sweep.normal_class).t_range
-    if method_needs_ddpm(sweep):
-        for r in resolutions(sweep, dataset):
-            cfg = ddpm_config(dataset, sweep.budget, resolution=r, **sweep.ddpm)
-            log.info("[%s] DDPM at r=%d", dataset, r)
-            ddpms[str(r)] = str(train_ddpm_ray(ref, cfg, storage, workers=res.workers,
-                                               use_gpu=res.gpus_per_worker > 0,
-                                               cpus_per_worker=res.cpus_per_worker))
-            if sweep.dissolve_mode == "bank":
-                from dia_ray.distributed.bank import build_bank
+    paths = SweepPaths(st, sweep.name)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    artifacts = start_artifacts(sweep, dataset, ref, st, image_size, here)
+    ctx = {"sweep": sweep.model_dump(mode="json"), "dataset": dataset, "data": ref.as_dict(), "storage": st.uri,
+           "artifacts": artifacts, "image_size": image_size,
+           "spec_t_range": list(get_spec(dataset, normal_class=sweep.normal_class).t_range)}
 
-                for tr in t_ranges(sweep, dataset):
-                    b = sweep.bank
-                    info = build_bank(ref, ddpms[str(r)], storage, t_range=tr, versions=b.versions, resolution=r,
-                                      seed=0, actors=b.actors, batch_size=b.batch_size,
-                                      num_cpus_per_actor=b.cpus_per_actor, num_gpus_per_actor=b.gpus_per_actor)
-                    banks[_bank_slot(r, tr)] = str(info.path)
-    ctx = {
-        "sweep": sweep_dict, "dataset": dataset, "data": data, "storage": storage, "resources": res.model_dump(),
-        "ddpms": ddpms, "banks": banks, "spec_t_range": list(spec_t_range),
-        "train_dir": str(paths.dataset_dir(dataset) / "train"), "records_dir": str(paths.records(dataset)),
-    }
     def trial(config: dict[str, Any]) -> None:
         _trial(config, ctx)
 
@@ -231,139 +378,145 @@ def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict
     # or concurrent studies would run each other's trials (and mix datasets).
     trial.__name__ = trial.__qualname__ = f"dia_trial_{sweep.name}_{dataset}".replace("-", "_").replace(".", "_")
     trainable = tune.with_resources(trial, {"cpu": 0.01})
+    total = sweep.runs()
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), _progress_callback(dataset, total),
+                 *tune_callbacks(sweep.name, dataset, **trackers)]
     exp = paths.experiment(dataset)
-    total = sweep.trials()
-    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), _progress_callback(dataset, total)]
-    if mlflow_uri:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=f"{sweep.name}-{dataset}"))
-    if resume and tune.Tuner.can_restore(str(exp)):
+    restored = resume and tune.Tuner.can_restore(exp)
+    if restored:
         log.info("[%s] resuming %s", dataset, exp)
-        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        searcher = OptunaSearch(space=optuna_space(sweep.search_space()), metric="auroc", mode=sweep.mode,
-                                sampler=make_sampler(sweep), seed=None, study_name=f"{sweep.name}-{dataset}")
+        scheduler = None
+        if sweep.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            epochs = sweep.train_config(dataset, {}, sweep.seeds[0]).epochs
+            scheduler = ASHAScheduler(time_attr="epoch", metric="auroc", mode=sweep.mode, max_t=epochs,
+                                      grace_period=min(sweep.asha.grace_period, epochs),
+                                      reduction_factor=sweep.asha.reduction_factor)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, metric="auroc", mode=sweep.mode, num_samples=total,
-                                        max_concurrent_trials=sweep.max_concurrent_trials),
-            run_config=tune.RunConfig(name="tune", storage_path=str(paths.dataset_dir(dataset)),
+            tune_config=tune.TuneConfig(search_alg=seed_repeater(sweep, dataset, concurrent), scheduler=scheduler,
+                                        num_samples=total, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=st.join(paths.dataset(dataset)),
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_retries),
                                       callbacks=callbacks, verbose=0),
         )
-    t_trials = time.time()
+    log.info("[%s] %d trial(s) (%d configuration(s) x %d seed(s)), up to %d at once%s", dataset, total,
+             sweep.trials(), len(sweep.seeds), concurrent, " (resumed)" if restored else "")
+    started = time.time()
     results = tuner.fit()
-    errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
-    best = None
-    try:
-        b = results.get_best_result(metric="auroc", mode=sweep.mode)
-        best = {"auroc": b.metrics.get("auroc"), "config": b.config}
-    except RuntimeError:
-        pass
-    return {"dataset": dataset, "trials": len(results), "errors": errors, "best": best, "started": t_trials,
-            "finished": time.time(), "seconds": time.time() - t0, "records_dir": ctx["records_dir"]}
+    errors = [_one_line(r.error).split(": ", 1)[-1] for r in results if r.error is not None]
+    stopped = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    return {"trials": len(results), "errors": errors, "stopped_early": stopped, "trials_started": started,
+            "best": best_from_records(st, paths.records(dataset), sweep), "records": st.join(paths.records(dataset)),
+            "experiment": exp}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the driver
 
 
-def dry_run(sweep: SweepFile) -> str:
-    """Trials/grid size, resources and an estimated cost, without touching a cluster."""
+def check_cluster_fits(sweep: SweepFile, image_sizes: list[int]) -> None:
+    """Refuse a sweep whose single run can never be scheduled, against the cluster's capacity (autoscaling
+    clusters count the nodes they can still add, so a sweep may start with only the head up)."""
+    from dia_ray.distributed.runtime import cluster_capacity
+
+    cap = cluster_capacity()
+    res = cap.resources
+    r = sweep.resources
+    need_cpu = r.workers * r.cpus_per_worker
+    if need_cpu + 0.01 > res.get("CPU", 0) + 1e-9:
+        raise ClusterError(f"a trial needs {need_cpu + 0.01:g} CPUs ({r.workers} worker(s) x {r.cpus_per_worker:g} "
+                           f"+ 0.01 for the trial) but the cluster has {res.get('CPU', 0):g} ({cap.source}); lower "
+                           "resources.workers/cpus_per_worker")
+    if r.uses_gpu:
+        need_gpu = max(r.workers * r.gpu_share(s) for s in image_sizes)
+        if need_gpu > res.get("GPU", 0) + 1e-9:
+            raise ClusterError(f"a trial needs {need_gpu:g} GPUs but the cluster has {res.get('GPU', 0):g} "
+                               f"({cap.source}); lower resources.gpus_per_worker or use a cluster with GPUs")
+
+
+@dataclass
+class SweepOutcome:
+    summaries: list[dict[str, Any]]
+    location: str  # sweeps/<name> under the storage root
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [s for s in self.summaries if s["status"] != "ok"]
+
+
+def run_sweep(sweep: SweepFile, storage: str | os.PathLike | Storage, *, address: str | None = None,
+              resume: bool = False, mlflow_uri: str | None = None, wandb_project: str | None = None
+              ) -> SweepOutcome:
+    """Validate everything, then run every dataset's study concurrently; returns one summary per dataset. A dataset
+    whose data cannot be read on the driver fails its own study only (all of them failing is an error)."""
     from dia_ray.data.registry import get_spec
-
-    lines = [f"sweep '{sweep.name}': {len(sweep.datasets)} dataset(s), sampler {sweep.sampler}, "
-             f"{sweep.trials()} trial(s) per dataset x {len(sweep.seeds)} seed(s)"]
-    space = sweep.search_space()
-    for key, p in space.items():
-        desc = f"choices {p.choices}" if p.choices is not None else (
-            f"{'int' if p.is_int else 'float'} [{p.low}, {p.high}]" + (f" step {p.step}" if p.step else "")
-            + (" log" if p.log else ""))
-        lines.append(f"  space {key}: {desc}")
-    r = sweep.resources
-    gpu = r.gpus_per_worker > 0
-    lines.append(f"  per trial: {r.workers} Train worker(s) x {r.cpus_per_worker:g} CPU"
-                 + (f" + {r.gpus_per_worker:g} GPU" if gpu else "") + f"; up to {sweep.max_concurrent_trials} "
-                 f"concurrent trial(s) per dataset, {len(sweep.datasets)} studies at once")
-    total_cpu_h = total_gpu_h = 0.0
-    for ds in sweep.datasets:
-        runs = sweep.trials() * len(sweep.seeds)
-        cfg = sweep.train_config(ds, {}, sweep.seeds[0])
-        spec = get_spec(ds, normal_class=sweep.normal_class)
-        n_train, n_test = DATASET_SIZES.get(ds, (600, 200))
-        per_epoch = min(math.ceil(n_train / cfg.batch_size), cfg.max_iters_per_epoch) * cfg.batch_size
-        # an evaluation featurises train + test images S x 4 times (forward only) ≈ S/9 training images each
-        n_eval = min(n_train, cfg.eval.max_train_images or n_train) + n_test
-        evals = math.ceil(cfg.epochs / cfg.eval.every)
-        images = runs * (cfg.epochs * per_epoch + evals * n_eval * cfg.eval.samples / 9)
-        kind = "blur" if cfg.method.startswith("blur") else cfg.method
-        pixels = max(1.0, (spec.image_size / 28) ** 2)  # cost grows with the pixel count; GPUs scale better
-        cpu_h = images / THROUGHPUT_ESTIMATE[("cpu", kind)] / 3600 * pixels
-        gpu_h = images / THROUGHPUT_ESTIMATE[("a100", kind)] / 3600 * pixels ** 0.5
-        total_cpu_h += cpu_h
-        total_gpu_h += gpu_h
-        lines.append(f"  {ds}: {runs} training runs x {cfg.epochs} epochs x {per_epoch} images + {evals} evaluations "
-                     f"≈ {gpu_h:.2f} A100-hours (estimate) / {cpu_h:.2f} hours on a 2-core CPU")
-    lines.append(f"  total ≈ {total_gpu_h:.2f} A100-hours (estimate; DDPM training extra), "
-                 f"{total_cpu_h:.2f} hours on a 2-core CPU")
-    return "\n".join(lines)
-
-
-def check_cluster_fits(sweep: SweepFile) -> None:
-    import ray
-
-    res = ray.cluster_resources()
-    r = sweep.resources
-    need_cpu = r.workers * r.cpus_per_worker + 0.01
-    if need_cpu > res.get("CPU", 0) + 1e-9:
-        raise ClusterError(f"a trial needs {need_cpu:g} CPUs ({r.workers} worker(s) x {r.cpus_per_worker:g}) but "
-                           f"the cluster has {res.get('CPU', 0):g}; lower resources.workers/cpus_per_worker")
-    if r.gpus_per_worker and r.workers * r.gpus_per_worker > res.get("GPU", 0):
-        raise ClusterError(f"a trial needs {r.workers * r.gpus_per_worker:g} GPUs but the cluster has "
-                           f"{res.get('GPU', 0):g}")
-
-
-def run_sweep(sweep: SweepFile, storage: str | os.PathLike, *, address: str | None = None, resume: bool = False,
-              mlflow_uri: str | None = None) -> list[dict[str, Any]]:
-    """Validate everything, then run every dataset's study concurrently; returns one summary per dataset."""
-    from dia_ray.distributed.cluster_checks import alive_node_count, require_shared_storage
+    from dia_ray.distributed.cluster_checks import expected_node_count, require_shared_storage
     from dia_ray.distributed.pipeline import data_ref
-    from dia_ray.distributed.runtime import connect
-    from dia_ray.distributed.storage import ensure_writable
+    from dia_ray.distributed.plan import auto_max_concurrent
+    from dia_ray.distributed.runtime import cluster_capacity, connect
+    from dia_ray.distributed.trackers import check_trackers
 
-    root = ensure_writable(storage)
-    paths = SweepPaths(root, sweep.name)
-    existing = [ds for ds in sweep.datasets if paths.experiment(ds).exists()]
+    trackers = check_trackers(mlflow_uri, wandb_project)
+    st = open_storage(storage, writable=True)
+    paths = SweepPaths(st, sweep.name)
+    existing = [ds for ds in sweep.datasets if st.exists(paths.dataset(ds), "tune")]
     if existing and not resume:
-        raise ConfigError(f"sweep '{sweep.name}' already has results in {paths.dataset_dir(existing[0]).parent}; "
-                          "pass --resume to continue it (or choose another name/storage)")
-    if mlflow_uri:
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
-            raise ConfigError("--mlflow-uri needs the mlflow package (pip install mlflow)") from None
-    refs = {ds: data_ref(ds, sweep.data_root, sweep.normal_class) for ds in sweep.datasets}
+        raise ConfigError(f"sweep '{sweep.name}' already has results in {st.join('sweeps', sweep.name)}; pass "
+                          "--resume to continue it (or choose another name/storage)")
+    sizes = {ds: get_spec(ds, normal_class=sweep.normal_class).image_size for ds in sweep.datasets}
     if address is None:
         cpus = os.cpu_count() or 1
         need = sweep.resources.workers * sweep.resources.cpus_per_worker
         if need > cpus:
             raise ClusterError(f"a trial needs {need:g} CPUs but this machine has {cpus}; lower "
                                "resources.workers/cpus_per_worker or pass --address of a cluster")
+    loaded: dict[str, tuple[DataRef, Any]] = {}
+    failed: dict[str, str] = {}
+    for ds in sweep.datasets:
+        try:
+            loaded[ds] = data_ref(ds, sweep.data_root, sweep.normal_class)
+        except DataError as err:
+            if len(sweep.datasets) == 1:
+                raise
+            failed[ds] = str(err)
+            log.warning("[%s] its study is skipped: %s (fix it and rerun with --resume)", ds, err)
+    if not loaded:
+        raise DataError(f"no dataset of sweep '{sweep.name}' can be read: {next(iter(failed.values()))}")
     connect(address)
-    check_cluster_fits(sweep)
-    require_shared_storage(str(root), alive_node_count())
+    check_cluster_fits(sweep, list(sizes.values()))
+    require_shared_storage(st, expected_node_count())
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    study = ray.remote(num_cpus=0, max_retries=0)(run_study)
+    concurrent = auto_max_concurrent(sweep, cluster_capacity().resources, list(sizes.values()))
+    refs = {ds: ref.share(obj) for ds, (ref, obj) in loaded.items()}
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    study = ray.remote(run_study).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
     sweep_dict = sweep.model_dump(mode="json")
-    log.info("sweep '%s': %d studies (%s), %d trial(s) each, storage %s", sweep.name, len(sweep.datasets),
-             ", ".join(sweep.datasets), sweep.trials(), paths.root / "sweeps" / sweep.name)
-    futures = {ds: study.remote(sweep_dict, ds, str(root), refs[ds].__dict__, resume, mlflow_uri)
-               for ds in sweep.datasets}
-    summaries = []
-    for ds, fut in futures.items():
-        summaries.append(ray.get(fut))
-    (paths.root / "sweeps" / sweep.name / "sweep.json").write_text(json.dumps(
-        {"sweep": sweep_dict, "summaries": summaries}, indent=2, default=str))
-    return summaries
+    log.info("sweep '%s': %d studies (%s), %d run(s) each, storage %s", sweep.name, len(loaded), ", ".join(loaded),
+             sweep.runs(), st.join("sweeps", sweep.name))
+    futures = {study.options(name=f"study-{sweep.name}-{ds}").remote(
+        sweep_dict, ds, st.uri, refs[ds].as_dict(), sizes[ds], resume, concurrent, trackers): ds for ds in refs}
+    summaries = {ds: {"dataset": ds, "status": "failed", "reason": reason} for ds, reason in failed.items()}
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        ds = futures.pop(ready[0])
+        try:
+            summaries[ds] = ray.get(ready[0])
+        except Exception as err:  # noqa: BLE001 - the study's task died (its node lost, OOM-killed, ...)
+            summaries[ds] = {"dataset": ds, "status": "failed", "reason": f"study task lost: {_one_line(err)}"}
+            log.error("[%s] study failed: %s", ds, summaries[ds]["reason"])
+    ordered = [summaries[ds] for ds in sweep.datasets]
+    st.write_json({"sweep": sweep_dict, "summaries": ordered}, "sweeps", sweep.name, "sweep.json")
+    return SweepOutcome(ordered, st.join("sweeps", sweep.name))
+
+
+def dry_run(sweep: SweepFile, cluster: str | None = None) -> str:
+    from dia_ray.distributed.plan import describe, parse_cluster
+
+    return describe(sweep, parse_cluster(cluster) if cluster else None)
+

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dia_ray.distributed.bank import build_bank, build_bank_local, load_bank_versions, verify_bank
-from dia_ray.distributed.train_ddpm import DataRef
+from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import BankError
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def test_actor_pool_writes_every_image_version_with_several_actors(pool_bank):
     import ray.data
 
     storage, info = pool_bank
-    assert info.built and info.path == storage / "banks" / info.key
+    assert info.built and Path(info.path) == storage / "banks" / info.key
     b = info.manifest.build
     assert b["engine"] == "ray-data" and b["actors"] == 2
     ds = ray.data.read_parquet(str(info.path)).materialize()
@@ -90,11 +90,11 @@ def test_second_build_is_a_no_op_that_starts_no_dataset(pool_bank, ddpm, ref, mo
     for name in ("from_items", "from_numpy", "from_arrow", "from_pandas"):
         monkeypatch.setattr(ray.data, name, refuse)
     monkeypatch.setattr(bank, "DissolveActor", None)
-    before = {p.name: p.stat().st_mtime_ns for p in info.path.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in Path(info.path).iterdir()}
     again = build_bank(ref, ddpm, storage, t_range=T_RANGE, versions=K, actors=2, batch_size=50)
-    assert not again.built and again.path == info.path
+    assert not again.built and Path(again.path) == Path(info.path)
     assert again.manifest.build["created"] == info.manifest.build["created"]
-    assert {p.name: p.stat().st_mtime_ns for p in info.path.iterdir()} == before  # no file added or rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in Path(info.path).iterdir()} == before  # no file added or rewritten
 
 
 def test_training_with_the_bank_runs_no_unet(pool_bank, ddpm, ref, monkeypatch):

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from dia_ray.config import DDPMConfig, UNetConfig
-from dia_ray.distributed.train_ddpm import DataRef, train_ddpm_ray
+from dia_ray.distributed.dataref import DataRef
+from dia_ray.distributed.train_ddpm import train_ddpm_ray
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from dia_ray.distributed.bank import (
     verify_bank,
     version_draws,
 )
-from dia_ray.distributed.train_ddpm import DataRef
+from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import BankError
 
 N_TRAIN = 600  # the synthetic dataset's normal train split
@@ -52,7 +52,7 @@ def built(tmp_path_factory, ddpm, synthetic_root):
 
 
 def damaged_copy(info, tmp_path: Path) -> Path:
-    dst = tmp_path / info.path.name
+    dst = tmp_path / Path(info.path).name
     shutil.copytree(info.path, dst)
     return dst
 
@@ -123,20 +123,20 @@ def test_bank_key_follows_the_weights_not_the_folder(ddpm, tmp_path):
 
 def test_manifest_lists_every_file_with_size_and_sha256(built):
     ref, storage, info = built
-    assert info.built and info.path == storage / "banks" / info.key
+    assert info.built and Path(info.path) == storage / "banks" / info.key
     m = verify_bank(info.path)
     assert (m.counts.images, m.counts.versions, m.counts.rows) == (N_TRAIN, 2, 2 * N_TRAIN)
-    assert sorted(f.name for f in m.files) == sorted(p.name for p in info.path.glob("*.parquet"))
+    assert sorted(f.name for f in m.files) == sorted(p.name for p in Path(info.path).glob("*.parquet"))
     assert len(m.files) == 3 and sum(f.rows for f in m.files) == 2 * N_TRAIN  # 600 images in batches of 256
     for f in m.files:
-        assert (info.path / f.name).stat().st_size == f.bytes and len(f.sha256) == 64
+        assert (Path(info.path) / f.name).stat().st_size == f.bytes and len(f.sha256) == 64
     cfg = m.config
     assert (cfg["dataset"], cfg["split"], cfg["normal_class"], cfg["image_size"]) == ("synthetic", "train", ["0"], 28)
     assert (cfg["t_min"], cfg["t_max"], cfg["versions"], cfg["resolution"], cfg["seed"]) == (30, 130, 2, 32, 0)
     assert cfg["pixels"] == {"dtype": "float16", "shape": [3, 32, 32], "column": "ray.data tensor (ArrowTensorTypeV2)",
                              "range": "[-1, 1]"}
     assert m.build["engine"] == "local" and m.build["actors_used"] == ["local"] and m.build["rows_per_s"] > 0
-    assert not list(info.path.parent.glob(".*tmp-*"))  # the staging directory was renamed, not left behind
+    assert not list(Path(info.path).parent.glob(".*tmp-*"))  # the staging directory was renamed, not left behind
     listing = bank_info(info.path)
     assert listing["size_bytes"] >= sum(f.bytes for f in m.files) and listing["counts"]["rows"] == 2 * N_TRAIN
 
@@ -151,7 +151,7 @@ def test_loaded_versions_are_aligned_with_the_train_images(built):
     assert float(v.min()) >= -1.0 and float(v.max()) <= 1.0
     assert (v[:, 0] != v[:, 1]).any()  # two versions, two different (t, flip)
     # row (i, k) of the tensor is the Parquet row with image_id i, version k
-    table = pq.read_table(info.path / verify_bank(info.path).files[-1].name)
+    table = pq.read_table(Path(info.path) / verify_bank(info.path).files[-1].name)
     i, k = table.column("image_id")[5].as_py(), table.column("version")[5].as_py()
     px = bank._pixels(table.column("pixels").slice(5, 1), (3, 32, 32))[0]
     assert np.array_equal(v[i, k].numpy(), px)
@@ -179,7 +179,7 @@ def test_second_build_is_a_no_op_and_force_rebuilds(built, ddpm, tmp_path):
     assert not again.built and again.key == info.key and again.manifest == info.manifest
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     forced = build_bank_local(ref, ddpm, storage, t_range=(30, 130), versions=2, batch_size=400, force=True)
-    assert forced.built and forced.path == path and len(forced.manifest.files) == 2
+    assert forced.built and Path(forced.path) == path and len(forced.manifest.files) == 2
     assert forced.manifest.build["created"] >= info.manifest.build["created"]
     assert np.array_equal(load_bank_versions(forced.path, N_TRAIN).numpy(),
                           load_bank_versions(info.path, N_TRAIN).numpy())
@@ -231,7 +231,7 @@ def test_the_local_builder_and_the_manifest_checks_never_start_ray(ddpm, synthet
     code = (
         "import ray\n"
         "from dia_ray.distributed.bank import build_bank_local, verify_bank, bank_info\n"
-        "from dia_ray.distributed.train_ddpm import DataRef\n"
+        "from dia_ray.distributed.dataref import DataRef\n"
         f"info = build_bank_local(DataRef('synthetic', {str(synthetic_root)!r}), {str(ddpm)!r}, {str(tmp_path)!r},"
         " t_range=(30, 130), versions=1, batch_size=256)\n"
         "verify_bank(info.path); bank_info(info.path)\n"

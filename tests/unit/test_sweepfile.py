@@ -117,8 +117,8 @@ def test_cli_dry_run_prints_grid_resources_and_cost(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dia_ray", "sweep", str(REPO / "sweeps/step_range.yaml"),
                           "--storage", str(tmp_path / "st"), "--dry-run"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "5 trial(s) per dataset x 3 seed(s)" in out.stdout
-    assert "A100-hours (estimate" in out.stdout and "1 GPU" in out.stdout
+    assert "5 configuration(s) x 3 seed(s) = 15 runs per dataset" in out.stdout
+    assert "A100-hours (estimate" in out.stdout and "packing plan on 1x8xA100" in out.stdout
     assert not (tmp_path / "st").exists()
 
 
