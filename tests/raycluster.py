@@ -130,6 +130,7 @@ class SimCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     address: str = ""  # GCS address (for --address / ray.init)
     dashboard: str = ""  # Jobs API URL
+    node_ids: dict[str, str] = field(default_factory=dict)  # node name -> Ray node id
 
     @property
     def temp_dir(self) -> Path:
@@ -150,6 +151,7 @@ class SimCluster:
         self.address = f"127.0.0.1:{ports['--port']}"
         self.dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
         wait_for_jobs_api(self.dashboard)
+        self.node_ids["head"] = next(iter(self.alive_node_ids()))
         return self
 
     def add_worker(self, name: str, *, cpus: int = 1, gpus: int = 0, timeout_s: float = 120.0,
@@ -163,28 +165,31 @@ class SimCluster:
                    "--disable-usage-stats", "--block", *(f"{flag}={port}" for flag, port in ports.items())]
         script = ('set -e; for d in "$@"; do mkdir -p "$d"; mount -t tmpfs none "$d"; done; '
                   f"exec {' '.join(_quote(a) for a in ray_cmd)}")
-        before = self.alive_nodes()
+        before = self.alive_node_ids()
+        # the cluster's temp dir is node-local too: each node keeps its own session folder and logs (sharing them,
+        # every node's log monitor would forward every other node's worker logs to the drivers)
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "node",
-                                 *map(str, self.hidden)], env={**base_env(marker), **(env or {})},
+                                 *map(str, [*self.hidden, self.temp_dir])], env={**base_env(marker), **(env or {})},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         node = Node(name, marker, proc)
         self.nodes[name] = node
         deadline = time.monotonic() + timeout_s
-        while self.alive_nodes() <= before:
+        while not (new := self.alive_node_ids() - before):
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.kill_node(name)
                 raise RuntimeError(f"worker node {name} did not join the cluster (exit {proc.poll()})")
             time.sleep(0.5)
+        self.node_ids[name] = next(iter(new))
         return node
 
-    def alive_nodes(self) -> int:
+    def alive_node_ids(self) -> set[str]:
         out = subprocess.run([str(RAY), "list", "nodes", f"--address={self.dashboard}", "--format=json",
                               "--filter", "state=ALIVE"], env=base_env("none"), capture_output=True, text=True,
                              timeout=60)
         try:
-            return len(json.loads(out.stdout))
-        except ValueError:
-            return 0
+            return {n["node_id"] for n in json.loads(out.stdout)}
+        except (ValueError, KeyError, TypeError):
+            return set()
 
     def kill_node(self, name: str) -> None:
         """SIGKILL every process of node ``name`` at once (a machine lost, not a clean shutdown)."""

@@ -167,7 +167,7 @@ def trial_config(sweep: SweepFile, dataset: str, config: dict[str, Any]) -> tupl
 def _final_metrics(rec) -> dict[str, Any]:
     last = rec.auroc_last
     return {"auroc": last, "auroc_last": last, "auroc_best_test": rec.auroc_best_test, "epoch": rec.epochs,
-            "done": True, "images_per_s": rec.images_per_s, "from_record": True}
+            "last_epoch": True, "images_per_s": rec.images_per_s, "from_record": True}
 
 
 def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -408,7 +408,7 @@ def _run_study(sweep: SweepFile, dataset: str, st: Storage, ref: DataRef, image_
     started = time.time()
     results = tuner.fit()
     errors = [_one_line(r.error).split(": ", 1)[-1] for r in results if r.error is not None]
-    stopped = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    stopped = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("last_epoch"))
     return {"trials": len(results), "errors": errors, "stopped_early": stopped, "trials_started": started,
             "best": best_from_records(st, paths.records(dataset), sweep), "records": st.join(paths.records(dataset)),
             "experiment": exp}
@@ -467,7 +467,8 @@ def run_sweep(sweep: SweepFile, storage: str | os.PathLike | Storage, *, address
     if existing and not resume:
         raise ConfigError(f"sweep '{sweep.name}' already has results in {st.join('sweeps', sweep.name)}; pass "
                           "--resume to continue it (or choose another name/storage)")
-    sizes = {ds: get_spec(ds, normal_class=sweep.normal_class).image_size for ds in sweep.datasets}
+    asked = {ds: sweep.train_config(ds, {}, sweep.seeds[0]).image_size for ds in sweep.datasets}
+    sizes = {ds: asked[ds] or get_spec(ds, normal_class=sweep.normal_class).image_size for ds in sweep.datasets}
     if address is None:
         cpus = os.cpu_count() or 1
         need = sweep.resources.workers * sweep.resources.cpus_per_worker
@@ -478,7 +479,7 @@ def run_sweep(sweep: SweepFile, storage: str | os.PathLike | Storage, *, address
     failed: dict[str, str] = {}
     for ds in sweep.datasets:
         try:
-            loaded[ds] = data_ref(ds, sweep.data_root, sweep.normal_class)
+            loaded[ds] = data_ref(ds, sweep.data_root, sweep.normal_class, asked[ds])
         except DataError as err:
             if len(sweep.datasets) == 1:
                 raise
@@ -495,12 +496,13 @@ def run_sweep(sweep: SweepFile, storage: str | os.PathLike | Storage, *, address
     concurrent = auto_max_concurrent(sweep, cluster_capacity().resources, list(sizes.values()))
     refs = {ds: ref.share(obj) for ds, (ref, obj) in loaded.items()}
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    study = ray.remote(run_study).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
+    study = ray.remote(run_study)
     sweep_dict = sweep.model_dump(mode="json")
     log.info("sweep '%s': %d studies (%s), %d run(s) each, storage %s", sweep.name, len(loaded), ", ".join(loaded),
              sweep.runs(), st.join("sweeps", sweep.name))
-    futures = {study.options(name=f"study-{sweep.name}-{ds}").remote(
-        sweep_dict, ds, st.uri, refs[ds].as_dict(), sizes[ds], resume, concurrent, trackers): ds for ds in refs}
+    futures = {study.options(num_cpus=0, max_retries=0, scheduling_strategy=here, name=f"study-{sweep.name}-{ds}")
+               .remote(sweep_dict, ds, st.uri, refs[ds].as_dict(), sizes[ds], resume, concurrent, trackers): ds
+               for ds in refs}
     summaries = {ds: {"dataset": ds, "status": "failed", "reason": reason} for ds, reason in failed.items()}
     while futures:
         ready, _ = ray.wait(list(futures), num_returns=1)

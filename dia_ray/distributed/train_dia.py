@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ def load_train_data(cfg: TrainConfig, ref: DataRef):
             keep.append(rng.choice(idx, max(1, round(cfg.max_test_images * len(idx) / len(labels))), replace=False))
         sel = np.sort(np.concatenate(keep))
         test, labels = test[sel], labels[sel]
-    return DIAData.from_arrays(train, test, labels), ds.spec, train_idx
+    with warnings.catch_warnings():  # arrays from the object store are read-only; training never writes to them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return DIAData.from_arrays(train, test, labels), ds.spec, train_idx
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -115,7 +118,8 @@ def _worker(config: dict[str, Any]) -> None:
             state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(state.model)
         state.model = prepare_model(state.model, move_to_device=device)
     every = max(1, int(config.get("checkpoint_every", 1)))
-    context = {"dataset": cfg.dataset, "method": cfg.method, "seed": cfg.seed, **(config.get("report_extra") or {})}
+    context = {"dataset": cfg.dataset, "method": cfg.method, "seed": cfg.seed, **placement_facts(),
+               **(config.get("report_extra") or {})}
     seen = {"images": state.images_seen, "seconds": state.train_seconds}
 
     def on_epoch(st, metrics: dict[str, Any]) -> None:
@@ -127,7 +131,7 @@ def _worker(config: dict[str, Any]) -> None:
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         secs = st.train_seconds - seen["seconds"]
         report.update(context, epoch=st.epoch, auroc_best_test=st.best_auroc, auroc_last=st.last_auroc,
-                      starts=starts, done=done,
+                      starts=starts, last_epoch=done,  # not "done": Tune ends a trial on a result with done=True
                       images_per_s=(st.images_seen - seen["images"]) / secs if secs > 0 else 0.0)
         seen.update(images=st.images_seen, seconds=st.train_seconds)
         if tracker is not None:
@@ -157,6 +161,18 @@ def _worker(config: dict[str, Any]) -> None:
     fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
     if tracker is not None:
         tracker.close()
+
+
+def placement_facts() -> dict[str, Any]:
+    """Where this Train worker runs and what it holds (in every report, so Tune's results show the packing): its
+    node and its share of a GPU (fractional when several runs share one). Empty outside a Ray worker (local mode)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "gpu_share": float(ctx.get_assigned_resources().get("GPU", 0.0)),
+            "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
 
 def read_record(storage: Storage, rel: str) -> ResultRecord | None:

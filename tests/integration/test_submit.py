@@ -9,106 +9,29 @@ inherits (GCS, raylet, dashboard, agents, workers, job drivers); teardown signal
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
+from raycluster import RAY, SimCluster
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-RAY = Path(sys.executable).with_name("ray")
 SMOKE_SWEEP = REPO / "sweeps" / "smoke_cpu.yaml"
-MARKER_ENV = "DIA_RAY_TEST_HEAD"
-PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
-              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
-              "--node-manager-port", "--object-manager-port")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def marked_pids(marker: str) -> list[int]:
-    needle = f"{MARKER_ENV}={marker}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:  # exited meanwhile, or not ours to read
-                continue
-    return pids
-
-
-def stop_head(marker: str, grace_s: float = 5.0) -> None:
-    """SIGTERM every process of this head, SIGKILL what is left after ``grace_s`` (agents ignore SIGTERM)."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for pid in marked_pids(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while marked_pids(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not marked_pids(marker):
-            return
-
-
-def wait_for_jobs_api(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-                if json.loads(r.read()).get("ray_version"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no Jobs API at {url} after {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A single-node Ray head with the dashboard on 127.0.0.1:<free port>; yields the Jobs API URL."""
-    marker = uuid.uuid4().hex[:10]
-    temp_dir = Path(f"/tmp/drh-{marker}")  # short: Ray's AF_UNIX socket paths must stay < 107 bytes
-    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{MARKER_ENV: marker},
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "DIA_RAY_ADDRESS"):
-        env.pop(name, None)
-    cmd = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           "--include-dashboard=true", "--num-cpus=2", f"--object-store-memory={1024**3}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
-    url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+def ray_head():
+    """A single-node Ray head (2 CPUs) with the dashboard on 127.0.0.1:<free port>; yields the Jobs API URL."""
+    cluster = SimCluster(head_cpus=2, object_store_bytes=1024**3)
     try:
-        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stderr[-2000:]
-        wait_for_jobs_api(url)
-        yield url
+        cluster.start()
+        yield cluster.dashboard
     finally:
-        stop_head(marker)
-        leftovers = marked_pids(marker)
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
-        assert not leftovers, f"processes of the test head still alive: {leftovers}"
+        cluster.stop()
 
 
 def cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -161,7 +84,7 @@ def test_smoke_sweep_submitted_with_wait_succeeds_and_its_storage_builds_a_leade
                "--wait", timeout=1800)
     job_id = done.stdout.splitlines()[0] if done.stdout else ""
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
-    assert job_id.startswith("raysubmit_")
+    assert job_id.startswith("dia-ray-smoke_cpu-")  # stable: (sweep file, storage)
     assert job_id in ray_job_list(ray_head)
     status = cli("jobs", "status", job_id, "--address", ray_head)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
@@ -175,3 +98,8 @@ def test_smoke_sweep_submitted_with_wait_succeeds_and_its_storage_builds_a_leade
     board = cli("leaderboard", str(storage), "--format", "md", "--out", str(tmp_path / "board"), timeout=300)
     assert board.returncode == 0, board.stderr[-3000:]
     assert (tmp_path / "board" / "leaderboard.md").is_file()
+    again = cli("submit", str(SMOKE_SWEEP.relative_to(REPO)), "--address", ray_head, "--storage", str(storage))
+    assert again.returncode == 0 and again.stdout.splitlines()[0] == job_id, again.stderr[-2000:]
+    assert "not starting another" in again.stderr
+    listed = cli("jobs", "list", "--address", ray_head).stdout.splitlines()
+    assert sum(line.startswith("dia-ray-smoke_cpu-") for line in listed) == 1  # the retry started no second sweep
