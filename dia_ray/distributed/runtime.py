@@ -3,6 +3,7 @@ and checks that the requested resources exist before any work starts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dia_ray.errors import ClusterError
 log = logging.getLogger(__name__)
 
 MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + the most workers the autoscaler adds
+WORKER_RESOURCES_ENV = "DIA_RAY_WORKER_RESOURCES"  # and the resources of one such worker node, as JSON
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -45,7 +47,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
 @dataclass(frozen=True)
 class Capacity:
     """What the cluster can offer during the run: the larger of the nodes up now and what its autoscaler may add
-    (from the autoscaler's cluster config when Ray has one, else ``$DIA_RAY_MAX_NODES`` x the largest node up)."""
+    (from the autoscaler's cluster config when Ray has one, else ``$DIA_RAY_MAX_NODES`` nodes, the missing ones with
+    ``$DIA_RAY_WORKER_RESOURCES`` each, or like the largest node up when that is not set)."""
 
     resources: dict[str, float]
     nodes: int
@@ -79,11 +82,17 @@ def cluster_capacity() -> Capacity:
     except ValueError:
         declared = 0
     if declared > len(alive) and alive:
-        biggest: dict[str, float] = {}
-        for node in alive:
-            for key, value in node.get("Resources", {}).items():
-                biggest[key] = max(biggest.get(key, 0.0), float(value))
-        grown = {k: max(now.get(k, 0.0), biggest.get(k, 0.0) * declared) for k in {*now, *biggest}}
+        try:
+            per_node = {k: float(v) for k, v in json.loads(os.environ.get(WORKER_RESOURCES_ENV) or "{}").items()}
+        except (ValueError, AttributeError):
+            raise ClusterError(f"${WORKER_RESOURCES_ENV} must be a JSON object such as "
+                               '{"CPU": 96, "GPU": 8}') from None
+        if not per_node:
+            for node in alive:
+                for key, value in node.get("Resources", {}).items():
+                    per_node[key] = max(per_node.get(key, 0.0), float(value))
+        missing = declared - len(alive)
+        grown = {k: now.get(k, 0.0) + missing * per_node.get(k, 0.0) for k in {*now, *per_node}}
         return Capacity(grown, declared, f"${MAX_NODES_ENV}")
     return Capacity(now, len(alive), "nodes up now")
 

@@ -19,6 +19,10 @@ def test_capacity_counts_the_nodes_an_autoscaler_may_add(ray_cluster, monkeypatc
     monkeypatch.setenv(runtime.MAX_NODES_ENV, "3")  # set by the shipped cluster configs: head + 2 workers at most
     grown = runtime.cluster_capacity()
     assert grown.nodes == 3 and grown.resources["CPU"] == 6 and grown.source == "$DIA_RAY_MAX_NODES"
+    monkeypatch.setenv(runtime.WORKER_RESOURCES_ENV, '{"CPU": 96, "GPU": 8}')  # a head-only cluster of 8-GPU nodes
+    assert runtime.cluster_capacity().resources["GPU"] == 16
+    runtime.check_train_resources(2, True, 8.0, 0.25)
+    monkeypatch.delenv(runtime.WORKER_RESOURCES_ENV)
     runtime.check_train_resources(4, False, 1.0)  # fits once the autoscaler has added the nodes: no error now
     with pytest.raises(ClusterError, match="GPU"):
         runtime.check_train_resources(1, True, 1.0)  # no node type has a GPU: never schedulable
