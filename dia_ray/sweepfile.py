@@ -194,8 +194,6 @@ class SweepFile(_Strict):
                 raise ValueError("dataset 'folder' needs normal_class")
         if "method" in self.space and len(self.methods) > 1:
             raise ValueError("give the methods either as `methods` or as a `method` dimension of `space`")
-        if not self.search_space():
-            raise ValueError("space is empty: give at least one dimension in `space` or more than one method")
         if self.sampler == "grid":
             for key, p in self.search_space().items():
                 try:
@@ -218,8 +216,10 @@ class SweepFile(_Strict):
         return self
 
     def search_space(self) -> dict[str, Param]:
+        """The searched dimensions: ``space``, plus ``method`` when several methods are given (or when nothing else
+        is searched: one configuration per method, each run once per seed)."""
         space = dict(self.space)
-        if len(self.methods) > 1:
+        if len(self.methods) > 1 or not space:
             space = {"method": Param(choices=list(self.methods)), **space}
         return space
 
@@ -230,7 +230,12 @@ class SweepFile(_Strict):
 
     def trials(self) -> int:
         """Configurations per dataset (each runs once per seed)."""
-        return len(self.grid()) if self.sampler == "grid" else self.trials_per_dataset
+        return len(self.grid()) if self.is_grid else self.trials_per_dataset
+
+    @property
+    def is_grid(self) -> bool:
+        """Run exactly the grid: ``sampler: grid``, or nothing but the methods to choose from."""
+        return self.sampler == "grid" or not self.space
 
     def runs(self) -> int:
         """Training runs (Tune trials) per dataset: configurations x seeds."""

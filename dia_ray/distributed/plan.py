@@ -114,7 +114,7 @@ def method_counts(sweep: SweepFile) -> dict[str, int]:
     """Runs per method for one dataset (grid: exact; TPE/random: the method dimension assumed uniform)."""
     space = sweep.search_space()
     methods = space["method"].choices if "method" in space else sweep.methods
-    if sweep.sampler == "grid":
+    if sweep.is_grid:
         counts = {m: 0 for m in methods}
         for point in sweep.grid():
             counts[point.get("method", methods[0])] += len(sweep.seeds)

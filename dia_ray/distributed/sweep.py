@@ -85,7 +85,7 @@ def make_sampler(sweep: SweepFile, concurrent: int):
     guesses, so concurrent suggestions spread out instead of repeating the same point)."""
     import optuna
 
-    if sweep.sampler == "grid":
+    if sweep.is_grid:
         grid = {k: [encode_choice(v) for v in p.grid_values()] for k, p in sweep.search_space().items()}
         return optuna.samplers.GridSampler(grid, seed=sweep.optuna_seed)
     if sweep.sampler == "random":

@@ -30,11 +30,18 @@ def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> dict[st
     return {"mlflow_uri": mlflow_uri, "wandb_project": wandb_project}
 
 
+def _file_store(uri: str) -> None:
+    """MLflow 3 refuses its file store (``file:…``, a plain path) unless asked: a user who names one asked for it."""
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+
+
 def tune_callbacks(sweep: str, dataset: str, mlflow_uri: str | None = None,
                    wandb_project: str | None = None) -> list:
     """Tune logger callbacks for one dataset's study of sweep ``sweep``."""
     out: list = []
     if mlflow_uri:
+        _file_store(mlflow_uri)
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         out.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=sweep,
@@ -58,6 +65,7 @@ class RunTracker:
         if mlflow_uri:
             import mlflow
 
+            _file_store(mlflow_uri)
             mlflow.set_tracking_uri(mlflow_uri)
             mlflow.set_experiment(experiment)
             run = mlflow.start_run(run_id=self.ids.get("mlflow"), run_name=None if "mlflow" in self.ids else name)

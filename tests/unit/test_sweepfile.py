@@ -82,6 +82,13 @@ def test_paper_grids_have_the_paper_table_sizes():
     assert load_sweep(REPO / "sweeps/table1_main.yaml").trials() == 4  # Table 1 (+ blur baselines)
 
 
+def test_a_sweep_without_a_space_is_one_configuration_per_method_run_once_per_seed(tmp_path):
+    f = tmp_path / "one.yaml"
+    f.write_text("name: x\ndatasets: [synthetic]\nmethods: [csi]\nseeds: [0, 1, 2]\n")
+    sweep = load_sweep(f)
+    assert sweep.trials() == 1 and sweep.runs() == 3 and sweep.grid() == [{"method": "csi"}]
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
@@ -89,7 +96,7 @@ def test_paper_grids_have_the_paper_table_sizes():
         (GOOD + "bogus: 1\n", "unknown key 'bogus'"),
         (GOOD.replace("dissolve.kernel_size: {choices: [3, 7, 11]}", "dissolve.kernel_size: {choices: []}"),
          "choices is empty"),
-        ("name: x\ndatasets: [synthetic]\nmethods: [dia]\n", "space is empty"),
+        (GOOD + "resources: {gpus_per_worker: -1}\n", "gpus_per_worker must be 0"),
         (GOOD.replace("[synthetic]", "[mnist]"), "dataset 'mnist' is not in the registry"),
         (GOOD.replace("dissolve.kernel_size", "dissolve.kernel"), "unknown key 'dissolve.kernel'"),
         (GOOD.replace("[3, 7, 11]", "[3, 5]"), "kernel_size"),
