@@ -125,6 +125,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     ref = DataRef(**ctx["data"])
     res = ctx["resources"]
     trial_id = tune.get_context().get_trial_id()
+    trial_dir = tune.get_context().get_storage().trial_fs_path  # in storage (get_trial_dir() is a local staging dir)
     values: list[float] = []
     for i, seed in enumerate(sweep.seeds):
         cfg: TrainConfig = sweep.train_config(dataset, params, seed)
@@ -138,7 +139,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             cfg, ref, ctx["storage"], workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0,
             cpus_per_worker=res["cpus_per_worker"], ddpm_path=ddpm, bank_path=bank,
             run_dir=ctx["train_dir"], record_file=Path(ctx["records_dir"]) / f"{run_key(cfg)}.jsonl",
-            extra={"sweep": sweep.name, "trial_id": trial_id},
+            extra={"sweep": sweep.name, "trial_id": trial_id, "trial_dir": trial_dir},
             params={k: v for k, v in params.items() if k != "method"},
             max_failures=1,
         )
