@@ -352,7 +352,7 @@ def _plain(value):
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-        ">": r"\textgreater{}", "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$"}
+        ">": r"\textgreater{}", "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "−": r"$-$", "×": r"$\times$"}
 
 
 def tex_escape(text: str) -> str:

@@ -42,7 +42,7 @@ def shared_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def config_of(dataset: str, method: str, params: dict, seed: int) -> TrainConfig:
-    dissolve = {key: params[key] for key in ("t_min", "t_max", "kernel_size") if key in params}
+    dissolve = {key: params[key] for key in ("t_min", "t_max", "kernel_size") if params.get(key) is not None}
     return TrainConfig.model_validate({"dataset": dataset, "method": method, "seed": seed, "epochs": EPOCHS,
                                        "max_iters_per_epoch": 10, "dissolve": dissolve,
                                        "eval": {"every": EVAL_EVERY, "samples": 2}})
