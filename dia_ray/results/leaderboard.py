@@ -385,7 +385,8 @@ def to_latex(df: pd.DataFrame, caption: str = "AUROC on the test set (dia-ray)")
         previous = df["dataset"][i]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if notes(df):
-        lines += [r"\par\smallskip\footnotesize", " ".join(f"({i}) {tex_escape(n)}" for i, n in enumerate(notes(df), 1))]
+        lines += [r"\par\smallskip\footnotesize",
+                  " ".join(f"({i}) {tex_escape(n)}" for i, n in enumerate(notes(df), 1))]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 

@@ -102,7 +102,8 @@ def _href(target: str, out_dir: str, root: str) -> str:
 def _img(fig, alt: str, caption: str, wide: bool = False) -> str:
     """A figure inlined as an SVG data URI at its natural size (shrunk to fit); ``wide`` spans the whole row."""
     data = base64.b64encode(figure_bytes(fig, "svg")).decode("ascii")
-    return (f'<figure{" class=wide" if wide else ""}><img class="fig" alt="{_e(alt)}" src="data:image/svg+xml;base64,{data}">'
+    return (f'<figure{" class=wide" if wide else ""}>'
+            f'<img class="fig" alt="{_e(alt)}" src="data:image/svg+xml;base64,{data}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 

@@ -179,7 +179,8 @@ def plot_histograms(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, sweep: 
         run = sorted(runs, key=lambda r: r["auroc_last"])[(len(runs) - 1) // 2]
         y, s = np.asarray(run["test_labels"]), np.asarray(run["test_scores"], dtype=float)
         bins = np.histogram_bin_edges(s, bins=min(30, max(8, s.size // 8)))
-        ax.hist(s[y == 1], bins=bins, histtype="stepfilled", alpha=0.45, color=NORMAL, label=f"normal ({(y == 1).sum()})")
+        ax.hist(s[y == 1], bins=bins, histtype="stepfilled", alpha=0.45, color=NORMAL,
+                label=f"normal ({(y == 1).sum()})")
         ax.hist(s[y == 0], bins=bins, histtype="stepfilled", alpha=0.45, color=ANOMALY,
                 label=f"anomaly ({(y == 0).sum()})")
         ax.set_title(f"{label}, seed {run['seed']} (AUROC {run['auroc_last']:.3f})", fontsize=9)

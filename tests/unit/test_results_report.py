@@ -96,7 +96,8 @@ def test_header_names_sweep_dates_versions_hardware_and_compute(storage):
     hours = sum(r.device_hours for r in records)
     assert f"{hours:.3g} CPU-worker-hours" in body
     first, last = min(r.created_at for r in records), max(r.created_at for r in records)
-    assert f"{pd.Timestamp(first, unit='s'):%Y-%m-%d %H:%M} UTC – {pd.Timestamp(last, unit='s'):%Y-%m-%d %H:%M} UTC" in body
+    utc = "{:%Y-%m-%d %H:%M} UTC".format
+    assert f"{utc(pd.Timestamp(first, unit='s'))} – {utc(pd.Timestamp(last, unit='s'))}" in body
     assert "broken.jsonl:1: truncated last line" in body  # the skipped file is listed, not only counted
 
 
