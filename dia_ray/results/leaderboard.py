@@ -356,13 +356,16 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
+    """Text for LaTeX's text mode: special characters escaped, '--' kept as two hyphens (not an en dash)."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text).replace("--", "-\0-")).replace("\0", "{}")
 
 
-def to_latex(df: pd.DataFrame, caption: str = "AUROC on the test set (dia-ray)") -> str:
+def to_latex(df: pd.DataFrame, caption: str | None = None) -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``): one block per dataset, the best mean AUROC (last
-    epoch) of each dataset in bold, the paper's number beside ours, the p-value against CSI; footnotes as a
-    ``tablenotes``-free paragraph under the table."""
+    epoch) of each dataset in bold, the paper's number beside ours, the p-value against CSI; the footnotes as a
+    paragraph under the table. The caption names the sweeps unless given."""
+    sweeps = sorted({s for cell in df.get("sweeps", []) for s in str(cell).split(",") if s})
+    caption = caption or ("AUROC on the test set" + (f", sweep {', '.join(sweeps)}" if sweeps else "") + " (dia-ray)")
     table = display_table(df, wide=False)
     columns = [c for c in ("Method", "Params", "n", "AUROC (last)", "95% CI", "Paper (best-test)", "p vs CSI")
                if c in table and (c != "Params" or (table[c] != "–").any())]

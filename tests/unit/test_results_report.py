@@ -203,6 +203,8 @@ def test_latex_table_is_booktabs_with_the_paper_column_and_the_best_in_bold(stor
     bold = [r for r in rows if r"\textbf{" in " ".join(r)]
     assert [r[header.index("Method")] for r in bold] == ["dia"] * len(DATASETS)
     assert rows[0][header.index("p vs CSI")] == r"\textless{}0.001*"
+    assert r"\caption{AUROC on the test set, sweep demo (dia-ray)}" in tex
+    assert "-{}-by config" in tex  # the option's two hyphens, not an en dash
     # balanced braces and no raw special characters outside commands
     assert tex.count("{") == tex.count("}") and tex.isascii() and "_" not in tex.replace(r"\_", "")
 
