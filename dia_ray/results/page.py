@@ -207,7 +207,7 @@ def _runs_table(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, out_dir: st
             if get["trial_dir"]:
                 links.append(f'<a href="{_e(_href(get["trial_dir"], out_dir, root))}">Tune trial</a>')
             body.append(
-                f"<tr><td class='l' title='config {_e(run['config_hash'])}'>{_e(label)}</td><td>{int(run['seed'])}</td>"
+                f"<tr><td class='l nowrap' title='config {_e(run['config_hash'])}'>{_e(label)}</td><td>{int(run['seed'])}</td>"
                 f"<td>{fmt_num(run['auroc_last'])}</td><td>{fmt_num(run['auroc_best_test'])} ({int(run['best_epoch'])})"
                 f"</td><td>{int(run['epochs'])}</td><td class='l mono'>{_e('; '.join(used) or '–')}</td>"
                 f"<td class='num'>{fmt_duration(float(run['wall_time_s']))}</td>"

@@ -200,7 +200,7 @@ def plot_history(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, sweep: str
     rows, frame = df[df["dataset"] == dataset], latest_runs(frame)
     fig = Figure(figsize=(9.6, 3.8), layout="constrained")
     auroc_ax, loss_ax = fig.subplots(1, 2)
-    last_epoch = 0
+    last_epoch, paper_shown = 0, False
     for label, (_, row) in zip(row_labels(rows), rows.iterrows()):
         color = _color(row["method"])
         for k, (_, run) in enumerate(_runs(frame, row).iterrows()):
@@ -217,7 +217,11 @@ def plot_history(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, sweep: str
         paper = row.get("paper_mean", float("nan"))
         if not math.isnan(paper) and last_epoch:
             auroc_ax.plot([last_epoch + 0.35], [paper], marker="<", markersize=8, color=color, markeredgecolor=PAPER,
-                          linestyle="none", label=f"{label}: paper (best-test epoch)")
+                          linestyle="none")
+            paper_shown = True
+    if paper_shown:  # one legend entry for the paper's markers, whatever their colour
+        auroc_ax.plot([], [], marker="<", markersize=8, color="lightgrey", markeredgecolor=PAPER, linestyle="none",
+                      label="paper (best-test epoch)")
     if not auroc_ax.lines:
         auroc_ax.text(0.5, 0.5, "no per-epoch history in these records", ha="center", transform=auroc_ax.transAxes)
     auroc_ax.set_xlabel("epoch")
