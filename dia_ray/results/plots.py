@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dia_ray.errors import ConfigError
 from dia_ray.results.leaderboard import METHOD_ORDER, dataset_label, latest_runs
@@ -230,6 +231,7 @@ def plot_history(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, sweep: str
     loss_ax.set_ylabel("training loss")
     for ax in (auroc_ax, loss_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         handles, names = ax.get_legend_handles_labels()
         if handles:
             unique = dict(zip(names, handles))
