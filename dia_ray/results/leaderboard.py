@@ -400,6 +400,7 @@ def to_terminal(df: pd.DataFrame, width: int | None = None, wide: bool = False) 
     table = display_table(df, wide=wide)
     if not wide:
         table = table.rename(columns={"Paper (best-test)": "Paper"})  # footnote 3 says it is the best-test epoch
+        table["Params"] = table["Params"].str.replace(", ", "\n")  # one parameter per line: a narrow column
     width = width or (shutil.get_terminal_size((200, 24)).columns if wide else min(
         100, shutil.get_terminal_size((100, 24)).columns))
     try:
@@ -412,7 +413,8 @@ def to_terminal(df: pd.DataFrame, width: int | None = None, wide: bool = False) 
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in table.itertuples(False)]
         return "\n".join([*lines, "", *[f"{i}. {n}" for i, n in enumerate(notes(df), 1)]]) + "\n"
-    rich_table = Table(title="dia-ray leaderboard", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    rich_table = Table(title="dia-ray leaderboard", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                       collapse_padding=True)
     for column in table.columns:
         numeric = column in SORT_KEYS or column == "Paper"
         rich_table.add_column(column, overflow="fold", no_wrap=column != "Params", justify="right" if numeric
