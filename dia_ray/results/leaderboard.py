@@ -361,31 +361,37 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str | None = None) -> str:
-    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``): one block per dataset, the best mean AUROC (last
-    epoch) of each dataset in bold, the paper's number beside ours, the p-value against CSI; the footnotes as a
-    paragraph under the table. The caption names the sweeps unless given."""
+    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``) that fits an article's text width: one block per
+    dataset under its name, the best mean AUROC (last epoch) of each dataset in bold, the paper's number (best-test
+    epoch) beside ours, the p-value against CSI, the footnotes as a paragraph under the table. The caption names
+    the sweeps unless given."""
     sweeps = sorted({s for cell in df.get("sweeps", []) for s in str(cell).split(",") if s})
     caption = caption or ("AUROC on the test set" + (f", sweep {', '.join(sweeps)}" if sweeps else "") + " (dia-ray)")
-    table = display_table(df, wide=False)
-    columns = [c for c in ("Method", "Params", "n", "AUROC (last)", "95% CI", "Paper (best-test)", "p vs CSI")
+    table = display_table(df, wide=False).rename(columns={"Paper (best-test)": "Paper"})
+    columns = [c for c in ("Method", "Params", "n", "AUROC (last)", "95% CI", "Paper", "p vs CSI")
                if c in table and (c != "Params" or (table[c] != "–").any())]
     best = df.groupby("dataset")["auroc_mean"].transform("max")
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(caption)}}}",
-             r"\begin{tabular}{l" + "".join("r" if c in SORT_KEYS else "l" for c in columns) + "}", r"\toprule",
-             " & ".join(["Dataset", *[tex_escape(c) for c in columns]]) + r" \\", r"\midrule"]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",
+             rf"\caption{{{tex_escape(caption)}}}",
+             r"\begin{tabular}{" + "".join("r" if c in SORT_KEYS or c == "Paper" else "l" for c in columns) + "}",
+             r"\toprule", " & ".join(tex_escape(c) for c in columns) + r" \\"]
     previous = None
     for i, row in table.iterrows():
-        if previous is not None and df["dataset"][i] != previous:
-            lines.append(r"\midrule")
-        cells = [tex_escape(row["Dataset"]) if df["dataset"][i] != previous else ""]
+        if df["dataset"][i] != previous:
+            title = tex_escape(row["Dataset"])
+            lines += [r"\midrule", rf"\multicolumn{{{len(columns)}}}{{@{{}}l}}{{\textit{{{title}}}}} \\"]
+            previous = df["dataset"][i]
+        cells = []
         for column in columns:
             cell = tex_escape(row[column])
+            if column == "Params" and ", " in row[column]:  # one parameter per line: a narrow column
+                cell = r"\begin{tabular}[t]{@{}l@{}}" + r" \\ ".join(map(tex_escape, row[column].split(", "))) + \
+                    r"\end{tabular}"
             if column == "AUROC (last)" and df["auroc_mean"][i] == best[i]:
                 mean, _, rest = cell.partition(" ")
                 cell = rf"\textbf{{{mean}}} {rest}".rstrip()
             cells.append(cell)
         lines.append(" & ".join(cells) + r" \\")
-        previous = df["dataset"][i]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if notes(df):
         lines += [r"\par\smallskip\footnotesize",

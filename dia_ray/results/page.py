@@ -25,7 +25,7 @@ from dia_ray.results.leaderboard import notes as table_notes
 from dia_ray.results.plots import (figure_bytes, plot_ablation, plot_histograms, plot_history, plot_leaderboard,
                                    plot_roc, row_labels, swept_params)
 
-LEFT = ("Dataset", "Method", "Params")
+LEFT = ("Dataset", "Method", "Params")  # left-aligned columns of the leaderboard
 HIDDEN = ("Config", "Paper table")  # shown as the Method / Paper cells' tooltips instead
 
 STYLE = """
@@ -161,7 +161,7 @@ def _leaderboard_table(df: pd.DataFrame) -> str:
     for i, row in shown.iterrows():
         cells = []
         for c in columns:
-            attrs = {"class": "l" if c in LEFT else "num"}
+            attrs = {"class": {"Method": "l nowrap", "Dataset": "l", "Params": "l"}.get(c, "num")}
             if c in SORT_KEYS and SORT_KEYS[c] in df:
                 value = df[SORT_KEYS[c]][i]
                 attrs["data-sort"] = "" if _nan(value) else repr(float(value))
