@@ -129,11 +129,11 @@ def _summarise(runs: pd.DataFrame) -> dict:
         "wall_time_s": float(runs["wall_time_s"].mean()),
         "params_dict": first["params"],
         # provenance: what the runs actually used (the config may leave it to defaults)
-        "sweeps": ",".join(sorted({str(s) for s in runs.get("sweep", []) if isinstance(s, str)})),
-        "t_range_used": _distinct(runs.get("t_range"), lambda v: f"{v[0]}-{v[1]}"),
-        "bank_key": _distinct(runs.get("bank_key")),
-        "bank_versions": _distinct(runs.get("bank_versions"), lambda v: str(int(v))),
-        "ddpm_key": _distinct(runs.get("ddpm_key")),
+        "sweeps": ",".join(sorted(distinct(runs.get("sweep", [])))),
+        "t_range_used": ",".join(distinct(runs.get("t_range", []), lambda v: f"{v[0]}-{v[1]}")),
+        "bank_key": ",".join(distinct(runs.get("bank_key", []))),
+        "bank_versions": ",".join(distinct(runs.get("bank_versions", []), lambda v: str(int(v)))),
+        "ddpm_key": ",".join(distinct(runs.get("ddpm_key", []))),
         **flatten(first["config"] if isinstance(first["config"], dict) else {}, CONFIG_PREFIX),
     }
     scored = [_scored(r) for _, r in runs.iterrows()]
@@ -143,11 +143,11 @@ def _summarise(runs: pd.DataFrame) -> dict:
     return row
 
 
-def _distinct(values: pd.Series | None, show=str) -> str:
-    """The distinct non-missing values of a provenance column, comma-joined ("" when none)."""
-    seen = [] if values is None else [v for v in values if v is not None and not (isinstance(v, float) and
-                                                                                  math.isnan(v))]
-    return ",".join(dict.fromkeys(show(v) for v in seen))
+def distinct(values: Iterable, show=str) -> list[str]:
+    """The distinct values of a column as shown by ``show``, in order of appearance; missing ones (None, NaN, "")
+    left out."""
+    present = (v for v in values if v is not None and v != "" and not (isinstance(v, float) and math.isnan(v)))
+    return list(dict.fromkeys(show(v) for v in present))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -163,7 +163,8 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _scored(run: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, scores) of one run if it carries a usable score vector (both classes, one finite score per image);
-    a diverged run with NaN scores keeps its AUROC row but gives no CI or test."""
+    a run without one (an old record without scores) keeps its AUROC row but gives no CI or test. The collector
+    already skips records with broken score vectors; a frame from elsewhere may still hold them."""
     labels, scores = np.asarray(run["test_labels"], dtype=int), np.asarray(run["test_scores"], dtype=float)
     if (labels.size == 0 or labels.shape != scores.shape or not np.isin(labels, (0, 1)).all()
             or labels.min() == labels.max() or not np.isfinite(scores).all()):
@@ -246,8 +247,6 @@ def format_params(params: dict | None) -> str:
         params["t_range"] = f"{params.pop('t_min')}-{params.pop('t_max')}"
     return ", ".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                      for k, v in sorted(params.items()))
-
-
 
 
 # ------------------------------------------------------------------------------------------------------- rendering

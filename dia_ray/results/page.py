@@ -20,7 +20,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from dia_ray.results.files import relative_link
-from dia_ray.results.leaderboard import SORT_KEYS, dataset_label, display_table, fmt_duration, fmt_num, latest_runs
+from dia_ray.results.leaderboard import (SORT_KEYS, dataset_label, display_table, distinct, fmt_duration, fmt_num,
+                                         latest_runs)
 from dia_ray.results.leaderboard import notes as table_notes
 from dia_ray.results.plots import (figure_bytes, plot_ablation, plot_histograms, plot_history, plot_leaderboard,
                                    plot_roc, row_labels, swept_params)
@@ -107,10 +108,6 @@ def _img(fig, alt: str, caption: str, wide: bool = False) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _distinct(values) -> list[str]:
-    return list(dict.fromkeys(str(v) for v in values if v not in (None, "") and not _nan(v)))
-
-
 def _value(value):
     """A frame cell with pandas' missing markers (NaN, None) as None."""
     return None if value is None or _nan(value) else value
@@ -125,17 +122,17 @@ def _utc(ts: float) -> str:
 
 
 def sweep_names(frame: pd.DataFrame) -> list[str]:
-    return _distinct(frame["sweep"])
+    return distinct(frame["sweep"])
 
 
 def _header(frame: pd.DataFrame, summary: str, root: str) -> str:
     versions = []
     for key, name in (("dia_ray", "dia-ray"), ("ray", "Ray"), ("torch", "torch"), ("python", "Python")):
-        seen = _distinct(v.get(key) for v in frame["versions"] if isinstance(v, dict))
+        seen = distinct(v.get(key) for v in frame["versions"] if isinstance(v, dict))
         versions.append(f"{name} {', '.join(seen) if seen else '(not recorded)'}")
-    hardware = _distinct(f"{d}: {h or 'not recorded'} × {w} worker(s)"
+    hardware = distinct(f"{d}: {h or 'not recorded'} × {w} worker(s)"
                          for d, h, w in zip(frame["device"], frame["hardware"], frame["workers"]))
-    devices = _distinct(frame["device"])
+    devices = distinct(frame["device"])
     unit = "GPU-hours" if devices == ["cuda"] else ("CPU-worker-hours" if devices == ["cpu"] else "device-hours")
     sweeps = sweep_names(frame)
     items = [
