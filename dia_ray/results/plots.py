@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from dia_ray.errors import ConfigError
@@ -101,16 +102,16 @@ def plot_leaderboard(df: pd.DataFrame, frame: pd.DataFrame, sweep: str | None = 
             color = _color(row["method"])
             seeds = _runs(frame, row)["auroc_last"].to_numpy(float)
             ax.scatter(x + rng.uniform(-0.12, 0.12, seeds.size), seeds, s=16, color=color, alpha=0.55,
-                       edgecolors="none", label="seeds" if x == 0 else None, zorder=2)
+                       edgecolors="none", zorder=2)
             lo, hi = row["ci95_low"], row["ci95_high"]
             err = None if math.isnan(lo) else [[row["auroc_mean"] - lo], [hi - row["auroc_mean"]]]
             ax.errorbar([x + 0.28], [row["auroc_mean"]], yerr=err, fmt="D", color=color, capsize=4, markersize=6,
-                        label="mean, 95% DeLong CI" if x == 0 else None, zorder=3)
+                        zorder=3)
             lows += [*seeds, lo if not math.isnan(lo) else row["auroc_mean"]]
             paper = row.get("paper_mean", float("nan"))
             if not math.isnan(paper):
                 ax.plot([x + 0.28], [paper], marker="_", markersize=22, markeredgewidth=2.5, color=PAPER,
-                        linestyle="none", label="paper (best-test epoch)", zorder=4)
+                        linestyle="none", zorder=4)
                 lows.append(paper)
         ax.set_xticks(range(len(rows)), labels[rows.index], rotation=20 if len(rows) > 3 else 0, ha="right"
                       if len(rows) > 3 else "center")
@@ -124,9 +125,13 @@ def plot_leaderboard(df: pd.DataFrame, frame: pd.DataFrame, sweep: str | None = 
         ax.set_ylim(max(0.0, min(0.45, math.floor((low - 0.05) * 10) / 10)), 1.0)
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
-    handles, names = axes[0].get_legend_handles_labels()
-    unique = dict(zip(names, handles))
-    axes[0].legend(unique.values(), unique.keys(), fontsize=7, loc="lower left")
+    # a key in grey: the marks mean the same in every method's colour
+    key = [Line2D([], [], marker="o", markersize=4, color="grey", alpha=0.6, linestyle="none", label="seeds"),
+           Line2D([], [], marker="D", markersize=5, color="grey", label="mean, 95% DeLong CI"),
+           Line2D([], [], marker="_", markersize=14, markeredgewidth=2.5, color=PAPER, linestyle="none",
+                  label="paper (best-test epoch)")]
+    axes[0].legend(handles=key if "paper_mean" in df and df["paper_mean"].notna().any() else key[:2], fontsize=7,
+                   loc="lower left")
     _title(fig, "AUROC per method: seed mean with 95% CI, seeds as dots", sweep)
     return fig
 
