@@ -25,7 +25,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dia_ray.cli import bank, data, demo, jobs, leaderboard, sweep, train  # noqa: F401  (register commands)
+    from dia_ray.cli import bank, data, demo, jobs, leaderboard, report, sweep, train  # noqa: F401  (register commands)
 
 
 def _configure_logging(level: str) -> None:

@@ -1,6 +1,6 @@
 """`dia-ray demo`: the whole system on a laptop, offline — local Ray, the synthetic fine-grained dataset, a small
 DDPM (Ray Train), a dissolved bank (Ray Data actor pool), the `sweeps/demo.yaml` study (Tune + Optuna: DIA vs CSI vs
-a blur baseline, 2 seeds) and the leaderboard. Re-running it resumes: finished work is reused."""
+a blur baseline, 2 seeds), the leaderboard and the HTML report. Re-running it resumes: finished work is reused."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def run_demo(storage: str | Path, *, sweep_file: str | Path | None = None, stage
     stage(f"[4/5] sweep '{sweep.name}': {', '.join(sweep.methods)} x seeds {sweep.seeds} (Tune + Optuna)")
     resume = root.exists(SweepPaths(root, sweep.name).dataset(dataset), "tune")
     run_sweep(sweep, root, resume=resume)
-    stage("[5/5] leaderboard")
+    stage("[5/5] leaderboard and report")
     report = publish(root)
     stage(f"demo finished in {time.time() - t0:.0f} s")
     return report

@@ -199,10 +199,11 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     res = sweep.resources
     share = res.gpu_share(ctx["image_size"])
     trial_id = tune.get_context().get_trial_id()
+    trial_dir = tune.get_context().get_storage().trial_fs_path  # in storage (get_trial_dir() is a local staging dir)
     train_dia_ray(
         cfg, DataRef(**ctx["data"]), st, workers=res.workers, use_gpu=share > 0, cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=share, ddpm_path=ddpm, bank_path=bank, run_dir=paths.train(dataset), record_file=record_rel,
-        callbacks=[TuneReportCallback()], extra={"sweep": sweep.name, "trial_id": trial_id},
+        callbacks=[TuneReportCallback()], extra={"sweep": sweep.name, "trial_id": trial_id, "trial_dir": trial_dir},
         params={k: v for k, v in params.items() if k != "method"}, report_extra={"trial_id": trial_id},
         max_failures=1,
     )

@@ -153,6 +153,7 @@ def _worker(config: dict[str, Any]) -> None:
                     "workers": world, "device": device.type, "starts": starts, "history": st.history,
                     "n_train": len(data.train), "n_test": len(data.test),
                     "t_range": list(t_range_for(cfg, spec.t_range)) if d.kind == "diffusion" else None,
+                    "hardware": hardware(device),
                 }
                 (tmp / FINAL_FILE).write_text(json.dumps(final))
 
@@ -252,13 +253,41 @@ def train_dia_ray(
         if not final_file.is_file():
             raise CheckpointError(f"run {run_key(cfg)}: the last checkpoint holds no final evaluation")
         final = json.loads(final_file.read_text())
-    record = make_record(cfg, final, bank_path is not None, params=params,
+    record = make_record(cfg, final, ddpm_path=ddpm_path, bank_path=bank_path, params=params,
                          extra={**(extra or {}), "run": st.join(runs, name)})
     write_records(st.join(out), [record])
     return record
 
 
-def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, params: dict[str, Any] | None = None,
+def hardware(device) -> str:
+    """What a worker ran on, for the record: the GPU's name, or the CPU model and core count."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()} ({os.cpu_count()} CPUs)"
+
+
+def provenance(ddpm_path: str | os.PathLike | None, bank_path: str | os.PathLike | None) -> dict[str, Any]:
+    """What a run actually dissolved with: the bank (its key and version count, from its manifest) and the DDPM
+    (location and key = its folder ``STORAGE/ddpm/<key>/model``; in bank mode the DDPM that built the bank)."""
+    from dia_ray.distributed.bank import MANIFEST
+
+    out: dict[str, Any] = {}
+    if bank_path:  # verified when the run loaded it; here only read
+        manifest = Storage(bank_path).read_json(MANIFEST)
+        out.update(bank_path=str(bank_path), bank_key=manifest["key"], bank_versions=manifest["counts"]["versions"])
+        ddpm_path = ddpm_path or manifest["config"].get("ddpm_path")
+    if ddpm_path:
+        out.update(ddpm_path=str(ddpm_path), ddpm_key=str(ddpm_path).rstrip("/").split("/")[-2])
+    return out
+
+
+def make_record(cfg: TrainConfig, final: dict[str, Any], *, ddpm_path: str | os.PathLike | None = None,
+                bank_path: str | os.PathLike | None = None, params: dict[str, Any] | None = None,
                 extra: dict[str, Any] | None = None) -> ResultRecord:
     import ray
     import torch
@@ -278,9 +307,10 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, par
         epochs=final["epochs"], test_scores=final["test_scores"], test_labels=final["test_labels"],
         wall_time_s=final["wall_time_s"], images_per_s=final["images_per_s"], workers=final["workers"],
         device=final["device"], device_hours=final["workers"] * final["wall_time_s"] / 3600.0,
-        dissolve_mode="bank" if from_bank else ("online" if d.kind != "none" else "none"),
+        dissolve_mode="bank" if bank_path else ("online" if d.kind != "none" else "none"),
         starts=final.get("starts", [0]),  # epochs at which the run (re)started: [0] = never resumed
         versions={"dia_ray": dia_ray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                   "python": platform.python_version()},
-        **(extra or {}),
+        history=final.get("history", []), t_range=final.get("t_range"), hardware=final.get("hardware", ""),
+        **provenance(ddpm_path, bank_path), **(extra or {}),
     )

@@ -5,21 +5,26 @@ reads every ``*.jsonl`` below the root, lifts older schemas with :func:`~dia_ray
 each line into a :class:`~dia_ray.results.records.ResultRecord` and keeps one record per ``record_id`` (the same
 record may be stored twice, e.g. in a trial dir and in ``results/``). Anything it cannot use - a truncated last line
 from a crashed writer, a record from a newer dia-ray, a file that is not JSON lines - is skipped and reported as one
-``"path:line: reason"`` string in :attr:`Collection.problems`; it never stops the leaderboard.
+``"path:line: reason"`` string in :attr:`Collection.problems`; it never stops the leaderboard. So is a record whose
+numbers cannot be tabulated honestly: an AUROC outside [0, 1], test labels of one class only, NaN scores (a
+diverged run), or a different number of scores and labels.
+
+File access goes through :mod:`dia_ray.results.files` only.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from dia_ray.errors import StorageError
-from dia_ray.storage import Storage
+from dia_ray.results.files import check_root, list_jsonl, read_bytes
 from dia_ray.results.records import SCHEMA_VERSION, ResultRecord, upgrade
 
 PARAM_PREFIX = "param."  # flattened `params` columns in Collection.frame(): param.kernel_size, param.t_min, ...
@@ -29,8 +34,9 @@ PARAM_PREFIX = "param."  # flattened `params` columns in Collection.frame(): par
 class Collection:
     """The valid, de-duplicated records under ``root`` and what could not be read."""
 
-    root: str  # the storage root (local path or URI)
+    root: str
     records: list[ResultRecord] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # record_id -> the *.jsonl file it was read from
     problems: list[str] = field(default_factory=list)  # "path:line: reason", one per skipped thing
     files: int = 0  # *.jsonl files read
     duplicates: int = 0  # records skipped because their record_id was already collected
@@ -54,50 +60,44 @@ class Collection:
 
     def frame(self) -> pd.DataFrame:
         """One row per record. ``params`` stays a dict column and is also flattened into ``param.<name>`` columns;
-        ``test_scores``/``test_labels`` are list columns (for DeLong statistics); ``n_test`` is their length."""
+        ``test_scores``/``test_labels`` are list columns (for DeLong statistics); ``n_test`` is their length;
+        ``source`` is the file the record was read from."""
         rows = []
         for rec in self.records:
             row = rec.model_dump(mode="json")
             row["n_test"] = len(rec.test_labels)
+            row["source"] = self.sources.get(rec.record_id)
             for key, value in rec.params.items():
                 row[PARAM_PREFIX + key] = tuple(value) if isinstance(value, list) else value
             rows.append(row)
-        columns = [*ResultRecord.model_fields, "n_test"]
+        columns = [*ResultRecord.model_fields, "n_test", "source"]
         frame = pd.DataFrame(rows)
         return frame.reindex(columns=[*columns, *[c for c in frame.columns if c not in columns]])
 
 
-def collect(root: str | os.PathLike | Storage) -> Collection:
-    """Read every ``*.jsonl`` below ``root`` (a local folder or a storage URI; recursively, in path order). Raises
-    :class:`StorageError` only when ``root`` is missing or not a folder; everything else unreadable lands in
-    ``Collection.problems``."""
-    st = root if isinstance(root, Storage) else Storage(root)
-    if not st.exists():
-        raise StorageError(f"storage root {st} does not exist (pass the --storage of a sweep or demo)")
-    if st.is_file():
-        raise StorageError(f"storage root {st} is not a directory (pass the --storage of a sweep or demo)")
-    out = Collection(root=st.uri)
-    seen: set[str] = set()
-    for name in st.list(suffix=".jsonl"):
+def collect(root: str | os.PathLike) -> Collection:
+    """Read every ``*.jsonl`` below ``root`` (recursively, in path order). Raises :class:`StorageError` only when
+    ``root`` is missing or not a directory; everything else unreadable lands in ``Collection.problems``."""
+    out = Collection(root=check_root(root))
+    for path in list_jsonl(out.root):
         out.files += 1
-        for record in _read_file(st, name, out.problems):
-            if record.record_id in seen:
+        for record in _read_file(path, out.problems):
+            if record.record_id in out.sources:
                 out.duplicates += 1
                 continue
-            seen.add(record.record_id)
+            out.sources[record.record_id] = path
             out.records.append(record)
     return out
 
 
-def _read_file(st: Storage, name: str, problems: list[str]) -> list[ResultRecord]:
-    path = st.join(name)
+def _read_file(path: str, problems: list[str]) -> list[ResultRecord]:
     try:
-        text = st.read_bytes(name).decode("utf-8")
+        text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{path}: not a JSON-lines file (not UTF-8 text); skipped")
         return []
-    except StorageError as err:
-        problems.append(f"{err}; skipped")
+    except OSError as err:
+        problems.append(f"{path}: cannot be read ({err.strerror or err}); skipped")
         return []
     lines = text.split("\n")
     ends_cleanly = text.endswith("\n")
@@ -119,7 +119,8 @@ def _read_file(st: Storage, name: str, problems: list[str]) -> list[ResultRecord
             continue
         json_lines += 1
         record, reason = _parse(raw)
-        if record is None:
+        reason = reason or _untabulable(record)
+        if reason:
             bad.append(f"{path}:{number}: {reason}; skipped")
         else:
             records.append(record)
@@ -151,3 +152,26 @@ def _parse(raw: Any) -> tuple[ResultRecord | None, str]:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<record>"
         return None, f"not a valid result record ({loc}: {first['msg']})"
+
+
+def _untabulable(record: ResultRecord) -> str:
+    """Why ``record``'s numbers cannot go into a table ("" when they can). Records without per-image scores (older
+    schemas) are fine: they get a row without a confidence interval."""
+    name = f"record {record.dataset}/{record.method} seed {record.seed}"
+    for key in ("auroc_last", "auroc_best_test"):
+        value = getattr(record, key)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            return f"{name}: {key} {value} is not an AUROC in [0, 1]"
+    labels, scores = record.test_labels, np.asarray(record.test_scores, dtype=float)
+    if not labels and not scores.size:
+        return ""
+    if len(labels) != scores.size:
+        return f"{name}: {scores.size} test scores for {len(labels)} test labels"
+    if not set(labels) <= {0, 1}:
+        return f"{name}: test labels other than 0 (anomaly) and 1 (normal): {sorted(set(labels) - {0, 1})[:3]}"
+    if len(set(labels)) < 2:
+        return f"{name}: every test label is {labels[0]} (one class only: AUROC is undefined)"
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        return f"{name}: {bad} of {scores.size} test scores are NaN or infinite (a diverged run?)"
+    return ""

@@ -22,13 +22,11 @@ Statistical choices (also printed under every table, see :data:`NOTES`):
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
-import os
 import shutil
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,7 +38,8 @@ from dia_ray.results.paper import paper_cell
 from dia_ray.results.stats import mean_auroc_ci, paired_mean_delong_test
 
 By = Literal["method", "config"]
-FORMATS = ("md", "csv", "html", "json")
+FORMATS = ("md", "csv", "html", "json", "latex")
+DATA_FORMATS = ("csv", "json")  # asked for alone, these print on stdout (to pipe) instead of being written
 METHOD_ORDER = ("dia", "csi", "blur-gaussian", "blur-median", "disyre")
 REFERENCE_METHOD = "csi"
 
@@ -50,7 +49,9 @@ COLUMNS = (
     "paper_mean", "paper_std", "paper_table", "delta_vs_paper",
     "p_vs_csi", "sig_vs_csi", "paired_seeds",
     "device_hours", "images_per_s", "wall_time_s",
+    "sweeps", "t_range_used", "bank_key", "bank_versions", "ddpm_key",
 )
+CONFIG_PREFIX = "config/"  # the full config of each row, one column per key (nested keys joined by "/", as Tune)
 PAPER_COLUMNS = ("paper_mean", "paper_std", "paper_table", "delta_vs_paper")
 
 NOTES = {
@@ -73,8 +74,8 @@ def build(source: Collection | pd.DataFrame, by: By = "method", compare_paper: b
     """The leaderboard of ``source`` (a :class:`Collection` or its :meth:`~Collection.frame`).
 
     One row per dataset x method (its best config) with ``by="method"``, per dataset x config with ``by="config"``.
-    Columns: :data:`COLUMNS` (without the paper columns when ``compare_paper`` is False). ``df.attrs["notes"]``
-    holds the footnotes the renderers print.
+    Columns: :data:`COLUMNS` (without the paper columns when ``compare_paper`` is False), then the row's config
+    flattened into ``config/<key>`` columns. ``df.attrs["notes"]`` holds the footnotes the renderers print.
     """
     if by not in ("method", "config"):
         raise ConfigError(f"--by '{by}' unknown; choose from: method, config")
@@ -82,8 +83,7 @@ def build(source: Collection | pd.DataFrame, by: By = "method", compare_paper: b
     columns = [c for c in COLUMNS if compare_paper or c not in PAPER_COLUMNS]
     if frame.empty:
         return _with_notes(pd.DataFrame(columns=columns), by, compare_paper)
-    frame = (frame.sort_values("created_at", kind="stable")
-             .drop_duplicates(["dataset", "method", "config_hash", "seed"], keep="last"))
+    frame = latest_runs(frame)
     configs = [_summarise(runs) for _, runs in frame.groupby(["dataset", "method", "config_hash"], sort=False)]
     table = pd.DataFrame(configs)
     table = table.sort_values(["dataset", "method", "auroc_mean", "n_seeds", "config_hash"],
@@ -94,9 +94,16 @@ def build(source: Collection | pd.DataFrame, by: By = "method", compare_paper: b
     if compare_paper:
         table = _paper(table)
     table = table.iloc[_row_order(table)].reset_index(drop=True)
-    out = _with_notes(table.reindex(columns=columns), by, compare_paper)
+    config_columns = sorted({c for c in table.columns if c.startswith(CONFIG_PREFIX)})
+    out = _with_notes(table.reindex(columns=[*columns, *config_columns]), by, compare_paper)
     out.attrs["params"] = list(table["params_dict"])  # for the compact renderings (only varying params)
     return out
+
+
+def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """One record per (dataset, method, config, seed): when a seed was run twice, the newer record counts."""
+    return (frame.sort_values("created_at", kind="stable")
+            .drop_duplicates(["dataset", "method", "config_hash", "seed"], keep="last"))
 
 
 def _summarise(runs: pd.DataFrame) -> dict:
@@ -121,6 +128,13 @@ def _summarise(runs: pd.DataFrame) -> dict:
         "images_per_s": float(runs["images_per_s"].mean()),
         "wall_time_s": float(runs["wall_time_s"].mean()),
         "params_dict": first["params"],
+        # provenance: what the runs actually used (the config may leave it to defaults)
+        "sweeps": ",".join(sorted(distinct(runs.get("sweep", [])))),
+        "t_range_used": ",".join(distinct(runs.get("t_range", []), lambda v: f"{v[0]}-{v[1]}")),
+        "bank_key": ",".join(distinct(runs.get("bank_key", []))),
+        "bank_versions": ",".join(distinct(runs.get("bank_versions", []), lambda v: str(int(v)))),
+        "ddpm_key": ",".join(distinct(runs.get("ddpm_key", []))),
+        **flatten(first["config"] if isinstance(first["config"], dict) else {}, CONFIG_PREFIX),
     }
     scored = [_scored(r) for _, r in runs.iterrows()]
     if all(s is not None for s in scored):
@@ -129,9 +143,28 @@ def _summarise(runs: pd.DataFrame) -> dict:
     return row
 
 
+def distinct(values: Iterable, show=str) -> list[str]:
+    """The distinct values of a column as shown by ``show``, in order of appearance; missing ones (None, NaN, "")
+    left out."""
+    present = (v for v in values if v is not None and v != "" and not (isinstance(v, float) and math.isnan(v)))
+    return list(dict.fromkeys(show(v) for v in present))
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'dissolve': {'t_min': 30}} → {'<prefix>dissolve/t_min': 30}; lists stay values (as Tune's dataframes)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _scored(run: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, scores) of one run if it carries a usable score vector (both classes, one finite score per image);
-    a diverged run with NaN scores keeps its AUROC row but gives no CI or test."""
+    a run without one (an old record without scores) keeps its AUROC row but gives no CI or test. The collector
+    already skips records with broken score vectors; a frame from elsewhere may still hold them."""
     labels, scores = np.asarray(run["test_labels"], dtype=int), np.asarray(run["test_scores"], dtype=float)
     if (labels.size == 0 or labels.shape != scores.shape or not np.isin(labels, (0, 1)).all()
             or labels.min() == labels.max() or not np.isfinite(scores).all()):
@@ -217,17 +250,20 @@ def format_params(params: dict | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- rendering
-def _num(value, digits: int = 3) -> str:
+# Every rendering (terminal, markdown, HTML, LaTeX) formats its cells with these functions, so a number reads the
+# same everywhere (e.g. a p-value below 0.001 is "<0.001" in all of them).
+def fmt_num(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _p(value: float) -> str:
+def fmt_p(value: float, mark: str = "") -> str:
+    """'<0.001*', '0.042*', '0.310', '–' (no test): ``mark`` is the row's sig_vs_csi."""
     if value is None or math.isnan(value):
         return "–"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    return ("<0.001" if value < 0.001 else f"{value:.3f}") + mark
 
 
-def _duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     if math.isnan(seconds):
         return "–"
     if seconds < 120:
@@ -235,8 +271,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _varying_params(df: pd.DataFrame) -> list[str]:
-    """Per row, only the parameters whose values differ between rows (the full set is in csv/json/html)."""
+def varying_params(df: pd.DataFrame) -> list[str]:
+    """Per row, only the parameters whose values differ between the rows shown (the full set is in the csv/json
+    ``config/`` columns); constants and unset (None) values are left out."""
     dicts = [dict(d or {}) for d in df.attrs.get("params", [])]
     if len(dicts) != len(df) or len(df) < 2:
         return ["–"] * len(df)
@@ -245,57 +282,65 @@ def _varying_params(df: pd.DataFrame) -> list[str]:
     return [format_params({k: d.get(k) for k in varying if d.get(k) is not None}) or "–" for d in dicts]
 
 
-def _compact(df: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable columns for markdown and the terminal: 'mean ± std' cells, CI as [low, high]."""
+# display column → the numeric column it sorts by (HTML) / its alignment
+SORT_KEYS = {"n": "n_seeds", "AUROC (last)": "auroc_mean", "95% CI": "ci95_low", "Best-test": "auroc_best_test_mean",
+             "Paper (best-test)": "paper_mean", "Δ vs paper": "delta_vs_paper", "p vs CSI": "p_vs_csi",
+             "Device-h": "device_hours", "img/s": "images_per_s", "Wall": "wall_time_s"}
+WIDE_ONLY = ("Config", "Best-test", "Δ vs paper", "Paper table", "Device-h", "img/s", "Wall")
+
+
+def display_table(df: pd.DataFrame, wide: bool = True) -> pd.DataFrame:
+    """The human-readable cells every rendering shows: 'mean ± std', CI as [low, high], p with its mark. Without
+    ``wide``, only the columns that fit a 100-column terminal (:data:`WIDE_ONLY` left out)."""
     out = pd.DataFrame({
         "Dataset": df["dataset_title"],
         "Method": df["method"],
         "Config": df["config_hash"].str.slice(0, 8),
-        "Params": _varying_params(df),
+        "Params": varying_params(df),
         "n": df["n_seeds"].astype(int).astype(str),
-        "AUROC (last)": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["auroc_mean"], df["auroc_std"])],
+        "AUROC (last)": [f"{fmt_num(m)} ± {fmt_num(s)}" for m, s in zip(df["auroc_mean"], df["auroc_std"])],
         "95% CI": ["–" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
                    for lo, hi in zip(df["ci95_low"], df["ci95_high"])],
-        "Best-test": [_num(v) for v in df["auroc_best_test_mean"]],
+        "Best-test": [fmt_num(v) for v in df["auroc_best_test_mean"]],
     })
     if "paper_mean" in df:
         out["Paper (best-test)"] = [
-            "–" if math.isnan(m) else (f"{m:.3f}" if math.isnan(s) else f"{m:.3f} ± {s:.2f}")
+            "–" if math.isnan(m) else (f"{m:.3f}" if math.isnan(s) or not wide else f"{m:.3f} ± {s:.2f}")
             for m, s in zip(df["paper_mean"], df["paper_std"])]
         out["Δ vs paper"] = ["–" if math.isnan(d) else f"{d:+.3f}" for d in df["delta_vs_paper"]]
         out["Paper table"] = df["paper_table"].replace("", "–")
-    out["p vs CSI"] = [("–" if math.isnan(p) else f"{_p(p)}{sig}") for p, sig in zip(df["p_vs_csi"], df["sig_vs_csi"])]
+    out["p vs CSI"] = [fmt_p(p, sig) for p, sig in zip(df["p_vs_csi"], df["sig_vs_csi"])]
     out["Device-h"] = [f"{h:.3g}" for h in df["device_hours"]]
-    out["img/s"] = [_num(v, 1) for v in df["images_per_s"]]
-    out["Wall"] = [_duration(s) for s in df["wall_time_s"]]
-    return out
+    out["img/s"] = [fmt_num(v, 1) for v in df["images_per_s"]]
+    out["Wall"] = [fmt_duration(s) for s in df["wall_time_s"]]
+    return out if wide else out.drop(columns=[c for c in WIDE_ONLY if c in out])
 
 
-def _notes(df: pd.DataFrame) -> list[str]:
+def notes(df: pd.DataFrame) -> list[str]:
     return list(df.attrs.get("notes", []))
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub pipe table with the footnotes below it."""
-    table = _compact(df)
+    table = display_table(df)
     header = list(table.columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(False)]
-    notes = _notes(df)
-    if notes:
-        lines += ["", *[f"{i}. {note}" for i, note in enumerate(notes, 1)]]
+    if notes(df):
+        lines += ["", *[f"{i}. {note}" for i, note in enumerate(notes(df), 1)]]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(df: pd.DataFrame) -> str:
-    """Every column at full precision (machine-readable; footnotes live in the md/html/json outputs)."""
+    """Every column at full precision, one column per config key (machine-readable; footnotes live in the
+    md/html/json outputs)."""
     return df.to_csv(index=False)
 
 
 def to_json(df: pd.DataFrame) -> str:
     """``{"by": ..., "notes": [...], "rows": [{column: value}, ...]}``, NaN as null."""
     rows = [{key: _plain(value) for key, value in row.items()} for row in df.to_dict(orient="records")]
-    return json.dumps({"by": df.attrs.get("by"), "notes": _notes(df), "rows": rows}, indent=2) + "\n"
+    return json.dumps({"by": df.attrs.get("by"), "notes": notes(df), "rows": rows}, indent=2) + "\n"
 
 
 def _plain(value):
@@ -304,40 +349,67 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-HTML_HEADERS = {
-    "dataset_title": "Dataset", "method": "Method", "config_hash": "Config", "params": "Params",
-    "dissolve_mode": "Dissolve mode", "n_seeds": "Seeds", "auroc_mean": "AUROC mean (last)",
-    "auroc_std": "AUROC std", "ci95_low": "CI95 low", "ci95_high": "CI95 high",
-    "auroc_best_test_mean": "AUROC best-test mean", "paper_mean": "Paper (best-test)", "paper_std": "Paper std",
-    "delta_vs_paper": "Δ vs paper", "paper_table": "Paper table", "p_vs_csi": "p vs CSI", "sig_vs_csi": "vs CSI",
-    "device_hours": "Device-hours", "images_per_s": "Images/s", "wall_time_s": "Wall time (s)",
-}
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+        ">": r"\textgreater{}", "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "−": r"$-$", "×": r"$\times$"}
 
 
-def to_html(df: pd.DataFrame, title: str = "dia-ray leaderboard") -> str:
-    """A standalone HTML page: one <table> (numbers in their own cells, 4 decimals; p-values 3 significant digits)
-    and the footnotes."""
-    cols = [c for c in HTML_HEADERS if c in df.columns]
-    # p-values keep 3 significant digits (4 decimals would print a tiny p as 0.0000).
-    p_format = {HTML_HEADERS["p_vs_csi"]: lambda v: "" if math.isnan(v) else f"{v:.3g}"}
-    table = df[cols].rename(columns=HTML_HEADERS).to_html(
-        index=False, na_rep="", float_format=lambda v: f"{v:.4f}", formatters=p_format, border=0,
-        classes="leaderboard")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in _notes(df))
-    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;font-size:14px}"
-             "th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "th{background:#f4f4f4}td:nth-child(-n+5){text-align:left}ol{font-size:13px;color:#444}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}"
-            f"</title>\n<style>{style}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n{table}\n"
-            f"<ol>{notes}</ol>\n</body>\n</html>\n")
+def tex_escape(text: str) -> str:
+    """Text for LaTeX's text mode: special characters escaped, '--' kept as two hyphens (not an en dash)."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text).replace("--", "-\0-")).replace("\0", "{}")
 
 
-def to_terminal(df: pd.DataFrame, width: int | None = None) -> str:
-    """The table for a terminal: a rich table when rich is installed, else plain aligned columns."""
-    table = _compact(df)
-    width = width or shutil.get_terminal_size((200, 24)).columns
-    notes = _notes(df)
+def to_latex(df: pd.DataFrame, caption: str | None = None) -> str:
+    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``) that fits an article's text width: one block per
+    dataset under its name, the best mean AUROC (last epoch) of each dataset in bold, the paper's number (best-test
+    epoch) beside ours, the p-value against CSI, the footnotes as a paragraph under the table. The caption names
+    the sweeps unless given."""
+    sweeps = sorted({s for cell in df.get("sweeps", []) for s in str(cell).split(",") if s})
+    caption = caption or ("AUROC on the test set" + (f", sweep {', '.join(sweeps)}" if sweeps else "") + " (dia-ray)")
+    table = display_table(df, wide=False).rename(columns={"Paper (best-test)": "Paper"})
+    columns = [c for c in ("Method", "Params", "n", "AUROC (last)", "95% CI", "Paper", "p vs CSI")
+               if c in table and (c != "Params" or (table[c] != "–").any())]
+    best = df.groupby("dataset")["auroc_mean"].transform("max")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",
+             rf"\caption{{{tex_escape(caption)}}}",
+             r"\begin{tabular}{" + "".join("r" if c in SORT_KEYS or c == "Paper" else "l" for c in columns) + "}",
+             r"\toprule", " & ".join(tex_escape(c) for c in columns) + r" \\"]
+    previous = None
+    for i, row in table.iterrows():
+        if df["dataset"][i] != previous:
+            title = tex_escape(row["Dataset"])
+            lines += [r"\midrule", rf"\multicolumn{{{len(columns)}}}{{@{{}}l}}{{\textit{{{title}}}}} \\"]
+            previous = df["dataset"][i]
+        cells = []
+        for column in columns:
+            cell = tex_escape(row[column])
+            if column == "Params" and ", " in row[column]:  # one parameter per line: a narrow column
+                cell = r"\begin{tabular}[t]{@{}l@{}}" + r" \\ ".join(map(tex_escape, row[column].split(", "))) + \
+                    r"\end{tabular}"
+            if column == "AUROC (last)" and df["auroc_mean"][i] == best[i]:
+                mean, _, rest = cell.partition(" ")
+                cell = rf"\textbf{{{mean}}} {rest}".rstrip()
+            cells.append(cell)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if notes(df):
+        lines += [r"\par\smallskip\footnotesize",
+                  " ".join(f"({i}) {tex_escape(n)}" for i, n in enumerate(notes(df), 1))]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_terminal(df: pd.DataFrame, width: int | None = None, wide: bool = False) -> str:
+    """The table for a terminal, at most ``width`` columns (default: the terminal's, capped at 100 unless
+    ``wide``): a rich table when rich is installed, else plain aligned columns."""
+    table = display_table(df, wide=wide)
+    if not wide:
+        table = table.rename(columns={"Paper (best-test)": "Paper"})  # footnote 3 says it is the best-test epoch
+        table["Params"] = table["Params"].str.replace(", ", "\n")  # one parameter per line: a narrow column
+    width = width or (shutil.get_terminal_size((200, 24)).columns if wide else min(
+        100, shutil.get_terminal_size((100, 24)).columns))
     try:
+        from rich import box
         from rich.console import Console
         from rich.table import Table
     except ImportError:
@@ -345,21 +417,27 @@ def to_terminal(df: pd.DataFrame, width: int | None = None) -> str:
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(table.columns, widths))]
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in table.itertuples(False)]
-        return "\n".join([*lines, "", *[f"{i}. {n}" for i, n in enumerate(notes, 1)]]) + "\n"
-    rich_table = Table(title="dia-ray leaderboard", header_style="bold")
+        return "\n".join([*lines, "", *[f"{i}. {n}" for i, n in enumerate(notes(df), 1)]]) + "\n"
+    rich_table = Table(title="dia-ray leaderboard", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                       collapse_padding=True)
     for column in table.columns:
-        rich_table.add_column(column, overflow="fold")
+        numeric = column in SORT_KEYS or column == "Paper"
+        rich_table.add_column(column, overflow="fold", no_wrap=column != "Params", justify="right" if numeric
+                              else "left")
     for row in table.itertuples(False):
         rich_table.add_row(*map(str, row))
     buffer = io.StringIO()
-    console = Console(file=buffer, width=max(width, 80), color_system=None, highlight=False)
+    console = Console(file=buffer, width=max(width, 60), color_system=None, highlight=False)
     console.print(rich_table)
-    for i, note in enumerate(notes, 1):
+    for i, note in enumerate(notes(df), 1):
         console.print(f"{i}. {note}", markup=False)
+    if not wide:
+        console.print("(--wide shows the config hash, best-test AUROC, Δ vs paper, compute)", markup=False)
     return buffer.getvalue()
 
 
-RENDERERS = {"md": to_markdown, "csv": to_csv, "html": to_html, "json": to_json}
+TEXT_RENDERERS = {"md": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex}
+EXTENSIONS = {"md": "md", "csv": "csv", "json": "json", "latex": "tex", "html": "html"}
 
 
 def parse_formats(formats: Iterable[str] | None) -> list[str]:
@@ -367,22 +445,9 @@ def parse_formats(formats: Iterable[str] | None) -> list[str]:
     wanted: list[str] = []
     for item in formats or FORMATS:
         for name in (part.strip().lower() for part in item.split(",")):
+            name = "latex" if name == "tex" else name
             if name and name not in FORMATS:
                 raise ConfigError(f"--format '{name}' unknown; choose from: {', '.join(FORMATS)}")
             if name and name not in wanted:
                 wanted.append(name)
     return wanted or list(FORMATS)
-
-
-def write_all(df: pd.DataFrame, out_dir: str | os.PathLike, formats: Iterable[str] | None = None) -> list[str]:
-    """Write ``leaderboard.<fmt>`` for each format into ``out_dir`` (a folder or a storage URI), each file whole."""
-    return [atomic_write(f"{str(out_dir).rstrip('/')}/leaderboard.{fmt}", RENDERERS[fmt](df))
-            for fmt in parse_formats(formats)]
-
-
-def atomic_write(location: str | os.PathLike, data: str | bytes) -> str:
-    """Write ``data`` to ``location`` (local path or storage URI) in one piece: readers never see half."""
-    from dia_ray.storage import Storage
-
-    parent, _, name = str(location).rpartition("/")
-    return Storage(parent or ".").write_bytes(data.encode("utf-8") if isinstance(data, str) else data, name)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Method = Literal["dia", "csi", "blur-gaussian", "blur-median", "disyre"]
 
@@ -50,7 +50,17 @@ class ResultRecord(BaseModel):
     dissolve_mode: str = "online"
     sweep: str | None = None
     trial_id: str | None = None
-    versions: dict[str, str] = Field(default_factory=dict)
+    trial_dir: str | None = None  # the Tune trial's folder in storage (sweeps only)
+    versions: dict[str, str] = Field(default_factory=dict)  # of the stack that trained: dia_ray, torch, ray, python
+    hardware: str = ""  # the GPU's name, or the CPU model and core count
+    history: list[dict[str, Any]] = Field(default_factory=list)  # per-epoch metrics (loss, lr, auroc when evaluated)
+    # Provenance: what the run actually dissolved with (the config may leave these to defaults, e.g. t_min=None).
+    t_range: list[int] | None = None  # dissolving step range t ~ U(lo, hi) (diffusion only)
+    ddpm_key: str | None = None
+    ddpm_path: str | None = None
+    bank_key: str | None = None
+    bank_path: str | None = None
+    bank_versions: int | None = None  # versions per image in the bank trained on
 
 
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +76,7 @@ def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
         out.setdefault("auroc_best_test", out.get("auroc_last"))
         out.setdefault("epochs", 0)
         out.setdefault("best_epoch", out["epochs"])
+    # v2 -> v3 added only optional fields (history, hardware, trial_dir, provenance): their defaults apply.
     out["schema_version"] = SCHEMA_VERSION
     return out
 

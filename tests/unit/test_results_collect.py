@@ -107,3 +107,30 @@ def test_frame_has_one_row_per_record_with_flattened_params(tmp_path):
     assert frame["param.t_min"].tolist()[1] == 30
     assert frame["n_test"].tolist() == [3, 3]
     assert frame["test_scores"].iloc[0] == [0.1, 0.9, 0.4]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"test_labels": [1, 1, 1]}, "every test label is 1 (one class only: AUROC is undefined)"),
+    ({"test_scores": [0.1, float("nan"), 0.4]}, "1 of 3 test scores are NaN or infinite (a diverged run?)"),
+    ({"test_scores": [0.1, 0.9]}, "2 test scores for 3 test labels"),
+    ({"auroc_last": 1.2}, "auroc_last 1.2 is not an AUROC in [0, 1]"),
+    ({"auroc_best_test": float("nan")}, "auroc_best_test nan is not an AUROC in [0, 1]"),
+    ({"test_labels": [0, 2, 1]}, "test labels other than 0 (anomaly) and 1 (normal): [2]"),
+])
+def test_records_that_cannot_be_tabulated_are_skipped_and_named(tmp_path, changes, reason):
+    path = write_records(tmp_path / "r.jsonl", [record(0), record(1, **changes)])
+    got = collect(tmp_path)
+    assert [r.seed for r in got.records] == [0]
+    assert got.problems == [f"{path}:2: record breastmnist/dia seed 1: {reason}; skipped"]
+
+
+def test_records_without_scores_are_still_tabulated(tmp_path):
+    write_records(tmp_path / "r.jsonl", [record(0, test_scores=[], test_labels=[])])
+    assert len(collect(tmp_path).records) == 1 and collect(tmp_path).problems == []
+
+
+def test_collection_remembers_the_file_of_each_record(tmp_path):
+    a = write_records(tmp_path / "a" / "x.jsonl", [record(0)])
+    b = write_records(tmp_path / "b.jsonl", [record(1)])
+    got = collect(tmp_path)
+    assert got.frame().set_index("seed")["source"].to_dict() == {0: str(a), 1: str(b)}

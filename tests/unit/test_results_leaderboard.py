@@ -1,5 +1,5 @@
-"""Leaderboards from hand-written records: statistics checked against independent pandas/sklearn computations,
-renderings parsed back, plots written. ``write_benchmark`` is also used by the CLI tests."""
+"""Leaderboards from realistic records (``results_data``): statistics checked against independent pandas/sklearn
+computations, renderings parsed back, figures rendered."""
 
 from __future__ import annotations
 
@@ -7,75 +7,17 @@ import io
 import json
 import math
 import sys
-from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
 
-from dia_ray.config import stable_hash
 from dia_ray.errors import ConfigError
 from dia_ray.results.collect import collect
-from dia_ray.results.leaderboard import (
-    build,
-    to_csv,
-    to_html,
-    to_json,
-    to_markdown,
-    to_terminal,
-    write_all,
-)
-from dia_ray.results.plots import plot_ablation, plot_auroc, swept_params
-from dia_ray.results.records import ResultRecord, write_records
-
-DATASETS = ("pneumoniamnist", "kvasir")
-SEEDS = (0, 1, 2)
-# (method, params, how far normal scores sit above anomalous ones): DIA clearly ahead of CSI.
-CONFIGS = (
-    ("dia", {"t_min": 30, "t_max": 130}, 1.6),
-    ("dia", {"t_min": 130, "t_max": 230}, 1.2),
-    ("csi", {}, 0.5),
-    ("blur-gaussian", {"kernel_size": 3}, 0.8),
-    ("blur-gaussian", {"kernel_size": 7}, 1.0),
-)
-
-
-def shared_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (60 normal, 80 anomalous, shuffled) and a per-image difficulty shared by every method."""
-    rng = np.random.default_rng(DATASETS.index(dataset) if dataset in DATASETS else 99)
-    return rng.permutation(np.r_[np.ones(60, int), np.zeros(80, int)]), rng.normal(size=140)
-
-
-def make_record(dataset, method, params, separation, seed, **changes) -> ResultRecord:
-    labels, difficulty = shared_test_set(dataset)
-    rng = np.random.default_rng([seed, len(method), int(10 * separation)])
-    scores = separation * labels + difficulty + 0.5 * rng.normal(size=labels.size)
-    auc = roc_auc_score(labels, scores)
-    wall = 60.0 + 15 * seed + 10 * separation
-    fields = dict(
-        dataset=dataset, method=method, seed=seed, params=params,
-        config_hash=stable_hash({"dataset": dataset, "method": method, **params}),
-        auroc_last=auc, auroc_best_test=min(1.0, auc + 0.02 * rng.random()), best_epoch=4, epochs=5,
-        test_scores=scores.tolist(), test_labels=labels.tolist(), wall_time_s=wall,
-        images_per_s=2.0 + seed + separation, workers=2, device_hours=2 * wall / 3600,
-    )
-    return ResultRecord(**{**fields, **changes})
-
-
-def write_benchmark(root: Path) -> list[ResultRecord]:
-    """5 configs x 2 datasets x 3 seeds, spread over ROOT/results and Tune-like trial directories."""
-    records = [make_record(d, m, p, sep, s) for d in DATASETS for m, p, sep in CONFIGS for s in SEEDS]
-    write_records(root / "results" / "part1.jsonl", records[:20])
-    for i, rec in enumerate(records[20:]):
-        write_records(root / "sweeps" / "demo" / rec.dataset / f"trial_{i:03d}" / "records.jsonl", [rec])
-    return records
-
-
-def read_jsonl_independently(root: Path) -> pd.DataFrame:
-    rows = [json.loads(line) for path in sorted(root.rglob("*.jsonl")) for line in path.read_text().splitlines()]
-    return pd.DataFrame(rows)
+from dia_ray.results.leaderboard import build, to_csv, to_json, to_markdown, to_terminal
+from dia_ray.results.plots import figure_bytes, plot_ablation, plot_leaderboard, swept_params
+from dia_ray.results.records import write_records
+from results_data import CONFIGS, DATASETS, SEEDS, make_record, read_jsonl_independently, write_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -190,51 +132,6 @@ def test_empty_collection_builds_an_empty_table(tmp_path):
     assert df.empty and "auroc_mean" in df.columns
 
 
-class _Tables(HTMLParser):
-    """Every <table> as a list of rows of cell texts (stdlib only: lxml/bs4 are not installed)."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables, self._cell = [], None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = ""
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell += data
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.tables[-1][-1].append(self._cell.strip())
-            self._cell = None
-
-
-def test_html_is_a_standalone_page_whose_table_parses_back_to_the_same_numbers(bench):
-    df = build(bench[1], by="config")
-    page = to_html(df)
-    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    parser = _Tables()
-    parser.feed(page)
-    (table,) = parser.tables
-    header, rows = table[0], table[1:]
-    assert len(rows) == len(df)
-    parsed = pd.DataFrame(rows, columns=header)
-    for column, name in [("auroc_mean", "AUROC mean (last)"), ("auroc_std", "AUROC std"), ("ci95_low", "CI95 low"),
-                         ("ci95_high", "CI95 high"), ("paper_mean", "Paper (best-test)")]:
-        ours = df[column].to_numpy(dtype=float)
-        theirs = parsed[name].replace("", "nan").astype(float).to_numpy()
-        np.testing.assert_allclose(theirs, ours, atol=5e-5, equal_nan=True)
-    assert parsed["Seeds"].astype(int).tolist() == df["n_seeds"].tolist()
-    np.testing.assert_allclose(parsed["p vs CSI"].replace("", "nan").astype(float), df["p_vs_csi"], rtol=5e-3)
-    assert "DeLong" in page  # the footnotes travel with the table
-
-
 def test_markdown_csv_json_and_terminal_carry_the_same_rows(bench, monkeypatch):
     df = build(bench[1])
     md = to_markdown(df).splitlines()
@@ -253,25 +150,17 @@ def test_markdown_csv_json_and_terminal_carry_the_same_rows(bench, monkeypatch):
     assert plain[0].split()[:2] == ["Dataset", "Method"] and len(plain) >= len(df) + 2
 
 
-def test_write_all_writes_each_format_atomically(bench, tmp_path):
-    df = build(bench[1])
-    paths = [Path(p) for p in write_all(df, tmp_path / "out", ["md", "csv,json"])]
-    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "leaderboard.json"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no temp files
-    assert len(write_all(df, tmp_path / "all", None)) == 4
-    with pytest.raises(ConfigError, match="--format 'pdf' unknown"):
-        write_all(df, tmp_path / "x", ["pdf"])
-
-
-def test_plots_are_pngs_and_ablations_follow_the_swept_parameters(bench, tmp_path):
+def test_figures_render_as_png_svg_and_pdf_and_ablations_follow_the_swept_parameters(bench):
     _, collection = bench
     frame = collection.frame()
     assert swept_params(frame) == ["t_range", "kernel_size"]
-    for path in (plot_auroc(build(collection), tmp_path / "a.png"),
-                 plot_auroc(build(collection, by="config", compare_paper=False), tmp_path / "b.png"),
-                 plot_ablation(frame, "t_range", tmp_path / "t.png"),
-                 plot_ablation(frame, "kernel_size", tmp_path / "k.png")):
-        path = Path(path)
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    for fig in (plot_leaderboard(build(collection), frame, "demo"),
+                plot_leaderboard(build(collection, by="config", compare_paper=False), frame),
+                plot_ablation(frame, "t_range", "demo"), plot_ablation(frame, "kernel_size")):
+        png, svg, pdf = (figure_bytes(fig, fmt) for fmt in ("png", "svg", "pdf"))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        assert svg.lstrip().startswith(b"<?xml") and b"<svg" in svg and pdf[:5] == b"%PDF-"
     with pytest.raises(ConfigError, match="no result records carry the parameter 'resolution'"):
-        plot_ablation(frame, "resolution", tmp_path / "r.png")
+        plot_ablation(frame, "resolution")
+    with pytest.raises(ConfigError, match="figure format 'gif' unknown"):
+        figure_bytes(fig, "gif")
