@@ -4,6 +4,7 @@ from a corrupt one (one clear line instead of a worker crash loop)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dia_ray.errors import CheckpointError, StorageError
 from dia_ray.storage import Storage
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
+PAD_ENV = "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES"  # tests only: make every checkpoint this much bigger
 
 
 def report_with_checkpoint(metrics: dict[str, Any], write: Callable[[Path], None], local_mode: bool,
@@ -34,6 +36,19 @@ def report_with_checkpoint(metrics: dict[str, Any], write: Callable[[Path], None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def padding_bytes() -> int:
+    """On the driver: ``$DIA_RAY_TEST_CHECKPOINT_PAD_BYTES`` (fault injection for tests), passed to the workers."""
+    return int(os.environ.get(PAD_ENV, "0") or 0)
+
+
+def state_padding(pad: int) -> dict[str, Any]:
+    """``pad`` extra random bytes in the saved state (tests only: an upload slow enough to kill a run in the middle
+    of it). Empty when 0."""
+    import torch
+
+    return {"test_padding": torch.randint(0, 255, (pad,), dtype=torch.uint8)} if pad else {}
 
 
 def registered_checkpoint(storage: Storage, run: str) -> str | None:

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + the most workers the autoscaler adds
 WORKER_RESOURCES_ENV = "DIA_RAY_WORKER_RESOURCES"  # and the resources of one such worker node, as JSON
+# The driver's settings its Ray workers must share: log level, and the fault-injection knobs of the tests (a slower
+# epoch, a bigger checkpoint). Never credentials: nodes get those from their own environment or role.
+FORWARDED_ENV = ("DIA_RAY_LOG_LEVEL", "DIA_RAY_EPOCH_DELAY", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES")
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -25,7 +28,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
 
     if ray.is_initialized():
         return
-    env = {"env_vars": dict(WORKER_ENV)}
+    env = {"env_vars": {**WORKER_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}}}
     kwargs = dict(runtime_env=env, log_to_driver=log_to_driver, configure_logging=True, logging_level=logging.WARNING)
     try:
         if address:

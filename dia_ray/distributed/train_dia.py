@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dia_ray.config import TrainConfig
-from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoint, restore, validate_resume,
-                                               worker_device)
+from dia_ray.distributed.checkpointing import (fit_trainer, padding_bytes, report_with_checkpoint,
+                                               restore, state_padding, validate_resume, worker_device)
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import CheckpointError
 from dia_ray.results.records import ResultRecord, write_records
@@ -141,7 +141,7 @@ def _worker(config: dict[str, Any]) -> None:
             return
 
         def write(tmp: Path) -> None:
-            torch.save(st.state_dict(), tmp / STATE_FILE)
+            torch.save({**st.state_dict(), **state_padding(config.get("pad_bytes", 0))}, tmp / STATE_FILE)
             (tmp / PROGRESS_FILE).write_text(json.dumps({"starts": starts, "epoch": st.epoch,
                                                          "trackers": tracker.ids if tracker else {}}))
             if done:
@@ -239,6 +239,7 @@ def train_dia_ray(
         "pid_dir": pid_dir,
         # fault-injection tests slow epochs down (argument or DIA_RAY_EPOCH_DELAY) to have time to kill things
         "epoch_delay": epoch_delay or float(os.environ.get("DIA_RAY_EPOCH_DELAY", "0")),
+        "pad_bytes": padding_bytes(),
     }
     runs = run_dir or f"runs/{cfg.dataset}"
     name = f"run-{run_key(cfg)}"

@@ -38,6 +38,12 @@ def _write_sweep(path: Path, text: str) -> Path:
     return path
 
 
+def _rows(st, folder: str) -> list[dict]:
+    """Every Tune result row (one per reported epoch) of the trials of an experiment folder in storage."""
+    return [json.loads(line) for name in st.list(folder, suffix="result.json")
+            for line in st.read_text(folder, name).splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory, shared_data, s3_server):
     """Head (0 CPUs) + two worker nodes (2 CPUs each; w1 declares 1 GPU). Hidden on the workers: the data root and
@@ -103,8 +109,7 @@ max_retries: 1
     assert "csi" in text and "blur-gaussian" in text
     assert (tmp_path / "board" / "leaderboard.csv").is_file()
     # the Train workers ran on worker nodes (the head has no CPUs) and read the data from the object store
-    results = [json.loads(line) for name in st.list("sweeps/cluster_s3/breastmnist/tune", suffix="result.json")
-               for line in st.read_text("sweeps/cluster_s3/breastmnist/tune", name).splitlines() if line.strip()]
+    results = _rows(st, "sweeps/cluster_s3/breastmnist/tune")
     assert results and {r["node_id"] for r in results} <= set(sim.node_ids.values()) - {sim.node_ids["head"]}
 
 
@@ -134,37 +139,38 @@ def _paper_standins(root: Path, size: int = 32) -> None:
         shutil.rmtree(src)
 
 
-def test_six_studies_oversubscribing_the_cluster_all_finish(sim, tmp_path):
+def test_six_studies_oversubscribing_the_cluster_all_finish(sim, s3_bucket, tmp_path):
     data = sim.data_root / "six"
     _paper_standins(data)
     sweep = _write_sweep(tmp_path / "six.yaml", """
 name: six
 datasets: [pneumoniamnist, breastmnist, covid, kvasir, retina, aptos]
 methods: [csi]
-seeds: [0, 1]
+seeds: [0]
 budget: tiny
-base: {image_size: 32, max_train_images: 64, max_test_images: 40}
+base: {max_train_images: 64}
 sampler: grid
 resources: {workers: 1, cpus_per_worker: 1}
-max_concurrent_trials: 2
 max_retries: 1
 """)
-    # 6 studies x 2 concurrent trials ask for 12 workers; the two worker nodes hold 4
-    out = _run("sweep", str(sweep), "--storage", str(tmp_path / "st"), "--data-root", str(data), "--address",
-               sim.address)
+    # 6 studies ask for 6 workers at once; the two worker nodes hold 4
+    from dia_ray.storage import Storage
+
+    st = Storage(f"{s3_bucket}/six")
+    out = _run("sweep", str(sweep), "--storage", st.uri, "--data-root", str(data), "--address", sim.address)
     assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads((tmp_path / "st/sweeps/six/sweep.json").read_text())["summaries"]
+    summary = st.read_json("sweeps/six/sweep.json")["summaries"]
     assert [s["status"] for s in summary] == ["ok"] * 6
     spans = [(s["trials_started"], s["finished"]) for s in summary]
     assert max(a for a, _ in spans) < min(b for _, b in spans), "the six studies did not run at the same time"
     from dia_ray.results.collect import collect
 
-    recs = collect(tmp_path / "st").records
-    assert sorted((r.dataset, r.seed) for r in recs) == sorted(
-        (ds, seed) for ds in ("pneumoniamnist", "breastmnist", "covid", "kvasir", "retina", "aptos") for seed in (0, 1))
+    recs = collect(st).records
+    assert sorted(r.dataset for r in recs) == sorted(("pneumoniamnist", "breastmnist", "covid", "kvasir", "retina",
+                                                      "aptos"))
 
 
-def test_a_study_with_bad_data_fails_alone_and_resume_retries_it(sim, tmp_path):
+def test_a_study_with_bad_data_fails_alone_and_resume_retries_it(sim, s3_bucket, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(sim.data_root / "breastmnist.npz", data / "breastmnist.npz")
@@ -179,25 +185,27 @@ sampler: grid
 resources: {workers: 1, cpus_per_worker: 1}
 max_concurrent_trials: 1
 """)
-    storage = tmp_path / "st"
-    out = _run("sweep", str(sweep), "--storage", str(storage), "--data-root", str(data), "--address", sim.address)
+    from dia_ray.storage import Storage
+
+    st = Storage(f"{s3_bucket}/iso")
+    out = _run("sweep", str(sweep), "--storage", st.uri, "--data-root", str(data), "--address", sim.address)
     assert out.returncode == 3, (out.returncode, out.stderr[-3000:])
     assert "pneumoniamnist: FAILED" in out.stderr and "sweep partial: pneumoniamnist (failed)" in out.stderr
-    summary = {s["dataset"]: s for s in json.loads((storage / "sweeps/iso/sweep.json").read_text())["summaries"]}
+    summary = {s["dataset"]: s for s in st.read_json("sweeps/iso/sweep.json")["summaries"]}
     assert summary["breastmnist"]["status"] == "ok" and summary["pneumoniamnist"]["status"] == "failed"
     assert "pneumoniamnist.npz" in summary["pneumoniamnist"]["reason"]
-    assert len(list((storage / "sweeps/iso/breastmnist/records").glob("*.jsonl"))) == 1
+    assert len(st.list("sweeps/iso/breastmnist/records", suffix=".jsonl")) == 1
     from dia_ray.data import synthetic
 
     synthetic.generate_npz(data / "pneumoniamnist.npz", seed=3)  # the data is fixed
-    again = _run("sweep", str(sweep), "--storage", str(storage), "--data-root", str(data), "--address", sim.address,
+    again = _run("sweep", str(sweep), "--storage", st.uri, "--data-root", str(data), "--address", sim.address,
                  "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(list((storage / "sweeps/iso/pneumoniamnist/records").glob("*.jsonl"))) == 1
-    assert len(list((storage / "sweeps/iso/breastmnist/records").glob("*.jsonl"))) == 1  # not trained twice
+    assert len(st.list("sweeps/iso/pneumoniamnist/records", suffix=".jsonl")) == 1
+    assert len(st.list("sweeps/iso/breastmnist/records", suffix=".jsonl")) == 1  # not trained twice
 
 
-def test_fractional_gpus_pack_several_trials_on_one_gpu(sim, tmp_path):
+def test_fractional_gpus_pack_several_trials_on_one_gpu(sim, s3_bucket, tmp_path):
     """w1 declares one GPU (no CUDA here: the trials fall back to the CPU and still run); four trials asking for a
     quarter GPU each are placed on it at the same time, as Tune's results show."""
     sweep = _write_sweep(tmp_path / "gpu.yaml", """
@@ -211,12 +219,13 @@ sampler: grid
 resources: {workers: 1, cpus_per_worker: 0.4, gpus_per_worker: 0.25}
 max_concurrent_trials: 4
 """)
-    out = _run("sweep", str(sweep), "--storage", str(tmp_path / "st"), "--data-root", str(sim.data_root),
-               "--address", sim.address, env={"DIA_RAY_EPOCH_DELAY": "3"})
+    from dia_ray.storage import Storage
+
+    st = Storage(f"{s3_bucket}/packing")
+    out = _run("sweep", str(sweep), "--storage", st.uri, "--data-root", str(sim.data_root), "--address", sim.address,
+               env={"DIA_RAY_EPOCH_DELAY": "3"})
     assert out.returncode == 0, out.stderr[-4000:]
-    rows = []
-    for path in (tmp_path / "st/sweeps/packing/breastmnist/tune").glob("*/result.json"):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(st, "sweeps/packing/breastmnist/tune")
     assert rows and {r["gpu_share"] for r in rows} == {0.25}
     assert {r["node_id"] for r in rows} == {sim.node_ids["w1"]}  # the only node with a GPU
     spans = {}
@@ -227,7 +236,7 @@ max_concurrent_trials: 4
     assert overlap >= 2, f"no two trials held the GPU at the same time: {spans}"
 
 
-def test_losing_a_worker_node_mid_sweep(sim, tmp_path):
+def test_losing_a_worker_node_mid_sweep(sim, s3_bucket, tmp_path):
     """SIGKILL every process of a worker node while trials train on it: the sweep finishes on the other node, each
     run has exactly one record, and a run that was interrupted continued from its last registered checkpoint."""
     sweep = _write_sweep(tmp_path / "loss.yaml", """
@@ -242,15 +251,17 @@ resources: {workers: 1, cpus_per_worker: 1}
 max_concurrent_trials: 4
 max_retries: 2
 """)
-    storage = tmp_path / "st"
-    proc = subprocess.Popen([sys.executable, "-m", "dia_ray", "sweep", str(sweep), "--storage", str(storage),
+    from dia_ray.storage import Storage
+
+    st = Storage(f"{s3_bucket}/nodeloss")
+    proc = subprocess.Popen([sys.executable, "-m", "dia_ray", "sweep", str(sweep), "--storage", st.uri,
                              "--data-root", str(sim.data_root), "--address", sim.address],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled", "DIA_RAY_EPOCH_DELAY": "2"})
     victim = "w2"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # wait until a run on the victim has registered a checkpoint
-        if _registered_on(storage, sim.node_ids[victim]):
+        if _registered_on(st, sim.node_ids[victim]):
             break
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(1)
@@ -261,7 +272,7 @@ max_retries: 2
     assert proc.returncode == 0, err[-4000:]
     from dia_ray.results.collect import collect
 
-    recs = collect(storage).records
+    recs = collect(st).records
     assert sorted(r.seed for r in recs) == [0, 1, 2, 3]  # every run finished, exactly once
     resumed = [r for r in recs if len(r.starts) > 1]
     assert resumed, [r.starts for r in recs]
@@ -269,11 +280,8 @@ max_retries: 2
     sim.add_worker(victim, cpus=2)  # leave the cluster as we found it
 
 
-def _registered_on(storage: Path, node_id: str) -> bool:
+def _registered_on(st, node_id: str) -> bool:
     """A trial running on ``node_id`` has reported a checkpoint (Tune's results name its path once Ray Train has
     uploaded and registered it)."""
-    for result in (storage / "sweeps/nodeloss/breastmnist/tune").glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if any(r.get("node_id") == node_id and r.get("checkpoint_path") and not r.get("last_epoch") for r in rows):
-            return True
-    return False
+    rows = _rows(st, "sweeps/nodeloss/breastmnist/tune")
+    return any(r.get("node_id") == node_id and r.get("checkpoint_path") and not r.get("last_epoch") for r in rows)

@@ -224,9 +224,51 @@ def test_corrupt_checkpoint_is_reported_not_resumed(ray_cluster, synthetic_root,
     run.mkdir(parents=True)
     (run / "state.pt").write_bytes(b"PK\x03\x04 truncated")
     (run / "progress.json").write_text(json.dumps({"starts": [0], "epoch": 1}))
+    (run.parent / "checkpoint_manager_snapshot.json").write_text(json.dumps(  # registered: Ray would restore it
+        {"latest_checkpoint_result": {"checkpoint_dir_name": run.name, "metrics": {}}}))
     out = _cli("train", "--dataset", "synthetic", "--method", "csi", "--budget", "tiny", "--storage",
                str(tmp_path), "--data-root", str(synthetic_root), "--address", _address(ray_cluster))
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "corrupt" in lines[0] and "checkpoint_2026-01-01" in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_run_killed_during_a_checkpoint_upload_resumes_from_the_registered_one(ray_cluster, synthetic_root, s3_bucket,
+                                                                                tmp_path):
+    """The state is padded (fault injection) so that uploading a checkpoint to the object store takes seconds; the
+    `dia-ray train` driver is killed while the newest checkpoint folder is still being written. The rerun resumes
+    from the checkpoint the run's snapshot registered, not from the newest, half-uploaded folder."""
+    from dia_ray.distributed.checkpointing import registered_checkpoint
+    from dia_ray.storage import Storage
+
+    st = Storage(f"{s3_bucket}/upload-kill")
+    args = ["train", "--dataset", "synthetic", "--method", "csi", "--workers", "1", "--budget", "tiny",
+            "--epochs", "5", "--storage", st.uri, "--data-root", str(synthetic_root),
+            "--address", _address(ray_cluster)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES": str(300 * 2**20)}
+    proc = subprocess.Popen([sys.executable, "-m", "dia_ray", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    partial = registered = None
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        runs = st.subdirs("runs/synthetic")
+        if runs:
+            run = f"runs/synthetic/{runs[0]}"
+            registered = registered_checkpoint(st, run)
+            folders = [f"{run}/{d}" for d in st.subdirs(run) if d.startswith("checkpoint_")]
+            unfinished = [f for f in folders if f != registered and not st.is_file(f, "state.pt")]
+            if registered and unfinished:  # one checkpoint registered, a newer one still uploading
+                partial = unfinished[0]
+                proc.kill()
+                break
+        time.sleep(0.2)
+    proc.wait()
+    assert partial, "never caught a checkpoint upload in progress"
+    assert st.exists(partial) and not st.is_file(partial, "state.pt")  # the half-uploaded folder stays behind
+    epoch = json.loads(st.read_text(registered, "progress.json"))["epoch"]
+    time.sleep(3)  # let the orphaned Train run notice its driver is gone
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rec = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rec["epochs"] == 5 and rec["starts"][0] == 0 and rec["starts"][-1] >= epoch, (rec["starts"], epoch)
