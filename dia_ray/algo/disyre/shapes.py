@@ -59,14 +59,17 @@ def disk(box: int, generator: torch.Generator) -> torch.Tensor:
 
 def blob(box: int, generator: torch.Generator) -> torch.Tensor:
     """[OURS] substitute for the code's bank of 300 synthetic 3-D shapes: Gaussian-smoothed white noise (σ = A/8)
-    thresholded at a random quantile in [0.6, 0.9], largest connected component; then (as the code does with its
-    shapes) rotated U(±15°), enlarged by 1/U(0.5, 0.75) about the centre, cropped to A, re-binarised at 0.5."""
+    thresholded at a random quantile in [0.6, 0.9], largest connected component moved to the box centre (the bank's
+    shapes are centred); then, as the code does with its shapes, rotated U(±15°), enlarged by 1/U(0.5, 0.75) about
+    the centre, cropped to A, re-binarised at 0.5."""
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
     field = ndimage.gaussian_filter(rng.standard_normal((box, box)), sigma=box / 8)
     keep = field > np.quantile(field, uniform(0.6, 0.9, generator))
     labels, n = ndimage.label(keep)
     if n > 1:
         keep = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    offset = (box - 1) / 2 - np.asarray(ndimage.center_of_mass(keep))
+    keep = ndimage.shift(keep.astype(np.float32), np.round(offset), order=0)
     m = torch.from_numpy(keep.astype(np.float32))
     angle, zoom = uniform(-ROTATION_DEG, ROTATION_DEG, generator), 1.0 / uniform(0.5, 0.75, generator)
     return (affine_warp(m[None], angle, zoom)[0] > 0.5).float()
