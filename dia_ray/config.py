@@ -247,13 +247,22 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"train": {}, "ddpm": {}},
     "small": {  # what `dia-ray demo` runs: DIA 0.70 vs CSI 0.62 on `synthetic`, ~1.5 min DDPM + ~1 min per run
         "train": {"epochs": 6, "max_iters_per_epoch": 10, "batch_size": 32,
-                  "eval": {"samples": 2, "every": 3, "max_train_images": 256}},
+                  "eval": {"samples": 2, "every": 3, "max_train_images": 256},
+                  # disyre: 6 x 5 steps of 16 images with a 16-32 UNet; lr 1e-3 with a 3-step warm-up for the short
+                  # horizon (the code's 1e-4 / 500 warm-up steps are for 100k steps)
+                  "disyre": {"batch_size": 16, "steps_per_epoch": 5, "lr": 1e-3, "warmup_steps": 3,
+                             "unet": {"block_out_channels": (16, 32), "attention_levels": (1,), "layers_per_block": 1,
+                                      "norm_num_groups": 8}}},
         "ddpm": {"steps": 200, "batch_size": 16, "grad_accum": 1, "checkpoint_every": 100,
                  "unet": {"block_out_channels": (32, 64), "layers_per_block": 1, "attention_head_dim": 16}},
     },
     "tiny": {
         "train": {"epochs": 2, "max_iters_per_epoch": 2, "batch_size": 8,
-                  "eval": {"samples": 1, "every": 1, "max_train_images": 32}, "max_test_images": 40},
+                  "eval": {"samples": 1, "every": 1, "max_train_images": 32}, "max_test_images": 40,
+                  "disyre": {"batch_size": 4, "steps_per_epoch": 2, "inference_steps": 2, "warmup_steps": 1,
+                             "map_samples": 2,
+                             "unet": {"block_out_channels": (8, 16), "attention_levels": (1,), "layers_per_block": 1,
+                                      "norm_num_groups": 8}}},
         "ddpm": {"steps": 4, "batch_size": 8, "grad_accum": 1, "checkpoint_every": 2,
                  "unet": {"block_out_channels": (16, 32), "layers_per_block": 1, "attention_head_dim": 8}},
     },

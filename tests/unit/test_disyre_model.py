@@ -64,7 +64,8 @@ def test_explicit_patch_and_box_sizes_are_checked_against_the_unet():
     assert box_size(32, DisyreConfig(box_size=8)) == 8
     with pytest.raises(ConfigError, match="divisible by 32"):
         patch_size(48, DisyreConfig(patch_size=48))
-    assert patch_size(48, DisyreConfig(patch_size=48, unet=DisyreUNetConfig(block_out_channels=(32, 64), attention_levels=()))) == 48
+    two_levels = DisyreUNetConfig(block_out_channels=(32, 64), attention_levels=())
+    assert patch_size(48, DisyreConfig(patch_size=48, unet=two_levels)) == 48
     with pytest.raises(ConfigError, match="box size"):
         box_size(32, DisyreConfig(box_size=1))
 

@@ -69,7 +69,8 @@ def intensity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if coin(INTENSITY_P, generator):
         x = x + uniform(0.0, 0.05, generator) * torch.randn(x.shape, generator=generator)
     if coin(INTENSITY_P, generator):
-        x = torch.stack([gaussian_blur(c, uniform(0.5, 1.5, generator), "reflect") if coin(0.5, generator) else c for c in x])
+        x = torch.stack([gaussian_blur(c, uniform(0.5, 1.5, generator), "reflect") if coin(0.5, generator) else c
+                         for c in x])
     return x
 
 

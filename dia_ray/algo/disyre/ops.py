@@ -26,7 +26,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float, padding: str = "zeros") -> torc
         return x.clone()
     shape = x.shape
     pad = k.numel() // 2  # reflect needs pad < side: σ ≤ side / 8 for the default truncation
-    y = F.pad(x.reshape(-1, 1, *shape[-2:]), (pad, pad, pad, pad), mode="reflect" if padding == "reflect" else "constant")
+    mode = "reflect" if padding == "reflect" else "constant"
+    y = F.pad(x.reshape(-1, 1, *shape[-2:]), (pad, pad, pad, pad), mode=mode)
     y = F.conv2d(y, k.view(1, 1, 1, -1))
     y = F.conv2d(y, k.view(1, 1, -1, 1))
     return y.reshape(shape)
