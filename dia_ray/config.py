@@ -144,7 +144,7 @@ class DisyreConfig(_Strict):
     # §5.5 logs mean, max and top-100 mean; a mean over all pixels dilutes 1-2 px anomalies, see README)
     score: Literal["mean", "max", "topk"] = "topk"
     patch_size: int | None = None  # P; None = 32 for 28 px (zero-pad 2), the image side up to 128, else 128
-    box_size: int | None = None  # anomaly box A; None = P / 2 (the code's 64 for 128 patches)
+    box_fraction: float = Field(0.5, gt=0, le=1)  # anomaly box A = round(fraction P): the code's 64 for 128 patches
     bias_constant: float | None = None  # bias selection constant; None = 1000 (A / 64)^2 (the code: 1000 at A = 64)
     channels: Literal["auto", 1, 3] = "auto"  # auto = 1 when every train image is grey (R = G = B), else 3
     batch_size: int = Field(96, ge=1)  # global batch per step (8 volumes x 12 slices in the code)
@@ -166,8 +166,6 @@ class DisyreConfig(_Strict):
         if self.schedule_steps % self.inference_steps:
             raise ValueError(f"inference_steps {self.inference_steps} must divide schedule_steps "
                              f"{self.schedule_steps} (the trailing timestep grid)")
-        if self.box_size is not None and self.patch_size is not None and self.box_size > self.patch_size:
-            raise ValueError(f"box_size {self.box_size} is larger than patch_size {self.patch_size}")
         return self
 
 

@@ -112,7 +112,7 @@ class SweepFile(_Strict):
     datasets: list[str]
     data_root: str | None = None
     normal_class: str | None = None
-    methods: list[Literal["dia", "csi", "blur-gaussian", "blur-median"]] = ["dia"]
+    methods: list[Literal["dia", "csi", "blur-gaussian", "blur-median", "disyre"]] = ["dia"]
     seeds: list[int] = [0]
     budget: Literal["paper", "small", "tiny"] | None = None
     base: dict[str, Any] = Field(default_factory=dict)

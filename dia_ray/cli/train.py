@@ -51,7 +51,7 @@ def ddpm_train(
 @app.command("train")
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    method: str = typer.Option("dia", "--method", "-m", help="dia | csi | blur-gaussian | blur-median"),
+    method: str = typer.Option("dia", "--method", "-m", help="dia | csi | blur-gaussian | blur-median | disyre"),
     storage: Path = typer.Option(..., "--storage", help="Storage root (runs, DDPMs, result records)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -70,7 +70,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Any config value, e.g. --set eval.samples=2 (repeatable)."),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS),
 ) -> None:
-    """Train one DIA / CSI / blur run and evaluate it; the last line printed is the result record (JSON)."""
+    """Train one DIA / CSI / blur / DISYRE run and evaluate it; the last line printed is the result record (JSON)."""
     from dia_ray.distributed import pipeline
 
     overrides = pipeline.cli_overrides(set_, seed=seed, epochs=epochs, shift=shift, normal_class=normal_class,

@@ -24,6 +24,7 @@ from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoi
 from dia_ray.distributed.storage import ensure_writable
 from dia_ray.distributed.train_ddpm import DataRef
 from dia_ray.errors import CheckpointError
+from dia_ray.results.maps import MAPS_FILE, read_maps, write_maps
 from dia_ray.results.records import ResultRecord, write_records
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def _worker(config: dict[str, Any]) -> None:
 
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.algo.dissolve import make_dissolver
+    from dia_ray.algo.disyre import final_summary, fit_disyre, new_disyre_state
     from dia_ray.algo.loops import fit, new_dia_state
 
     device = worker_device(config)
@@ -98,7 +100,8 @@ def _worker(config: dict[str, Any]) -> None:
         kernel_size=d.kernel_size, blur_resize=d.blur_resize_to_resolution, autocast_bf16=d.autocast_bf16,
         unet=unet, alphas_cumprod=alphas, bank_versions=versions)
     rank = ray.train.get_context().get_world_rank()
-    state = new_dia_state(cfg, device, rank)
+    disyre = cfg.method == "disyre"
+    state = new_disyre_state(cfg, data, device) if disyre else new_dia_state(cfg, device, rank)
     rank, world, starts = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "epoch")
     if world > 1:
         if config["use_gpu"]:
@@ -131,11 +134,17 @@ def _worker(config: dict[str, Any]) -> None:
                     "n_train": len(data.train), "n_test": len(data.test),
                     "t_range": list(t_range_for(cfg, spec.t_range)) if d.kind == "diffusion" else None,
                 }
+                if disyre:
+                    final.update(final_summary(cfg, st))
+                    write_maps(tmp / MAPS_FILE, st.maps)
                 (tmp / FINAL_FILE).write_text(json.dumps(final))
 
         report_with_checkpoint(report, write, config["local"])
 
-    fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+    if disyre:
+        fit_disyre(cfg, data, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+    else:
+        fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
 
 
 def read_record(path: Path) -> ResultRecord | None:
@@ -198,6 +207,10 @@ def train_dia_ray(
         if not final_file.is_file():
             raise CheckpointError(f"run {run_key(cfg)}: the last checkpoint holds no final evaluation")
         final = json.loads(final_file.read_text())
+        if (Path(d) / MAPS_FILE).is_file():  # disyre: the anomaly-map samples beside the record
+            maps = out.with_name(f"{out.stem}.maps.npz")
+            write_maps(maps, read_maps(Path(d) / MAPS_FILE))
+            extra = {**(extra or {}), "maps_file": maps.name}
     record = make_record(cfg, final, bank_path is not None, params=params, extra=extra)
     write_records(out, [record])
     return record
@@ -215,7 +228,10 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, par
     p = {"t_min": t_range[0], "t_max": t_range[1], "kernel_size": d.kernel_size if d.kind in ("gaussian", "median") else None,
          "resolution": d.resolution if d.kind != "none" else None, "shift": cfg.shift, "loss_mode": cfg.loss_mode,
          "backbone": cfg.backbone, "epochs": cfg.epochs, "batch_size": cfg.batch_size}
+    p = dict(final["params"]) if "params" in final else p  # disyre: its own knobs, none of DIA's
     p.update(params or {})
+    if "score_images_per_s" in final:
+        extra = {"score_images_per_s": final["score_images_per_s"], **(extra or {})}
     return ResultRecord(
         dataset=cfg.dataset, method=cfg.method, seed=cfg.seed, config_hash=cfg.config_hash(),
         config=cfg.model_dump(mode="json"), params=p,

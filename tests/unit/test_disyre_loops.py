@@ -175,3 +175,14 @@ def test_short_run_scores_anomalous_synthetic_images_as_more_anomalous(synthetic
     assert state.history[-1]["loss"] < 0.5 * state.history[0]["loss"]
     assert state.last_auroc > 0.9
     assert state.history[-1]["auroc_max"] > 0.8
+
+
+def test_large_colour_images_train_on_patches_and_are_scored_with_full_size_maps():
+    rng = np.random.default_rng(1)
+    images = rng.integers(20, 230, size=(6, 160, 160, 3), dtype=np.uint8)
+    data = DIAData.from_arrays(images[:4], images[4:], np.array([1, 0]))
+    cfg = _cfg(patch_size=64, map_samples=1).model_copy(update={"epochs": 1})
+    state = fit_disyre(cfg, data)
+    assert (state.setup.patch, state.setup.channels, state.setup.params.box) == (64, 3, 32)
+    assert state.maps["maps"].shape == (2, 160, 160) and state.maps["restored"].shape == (2, 2, 160, 160, 3)
+    assert np.isfinite(state.maps["maps"]).all() and len(state.last_scores) == 2

@@ -61,13 +61,13 @@ def test_patch_and_box_sizes_follow_the_adaptation_table(size, patch, box):
 
 
 def test_explicit_patch_and_box_sizes_are_checked_against_the_unet():
-    assert box_size(32, DisyreConfig(box_size=8)) == 8
+    assert box_size(32, DisyreConfig(box_fraction=0.25)) == 8
     with pytest.raises(ConfigError, match="divisible by 32"):
         patch_size(48, DisyreConfig(patch_size=48))
     two_levels = DisyreUNetConfig(block_out_channels=(32, 64), attention_levels=())
     assert patch_size(48, DisyreConfig(patch_size=48, unet=two_levels)) == 48
-    with pytest.raises(ConfigError, match="box size"):
-        box_size(32, DisyreConfig(box_size=1))
+    with pytest.raises(ConfigError, match="anomaly box"):
+        box_size(32, DisyreConfig(box_fraction=0.04))
 
 
 def test_padding_is_centred_zeros_and_crop_centre_inverts_it():

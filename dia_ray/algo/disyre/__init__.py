@@ -8,6 +8,6 @@ DAG min–max matching and intensity bias, foreign-patch pool), ``augment`` (the
 (``fit_disyre`` with the protocol of :func:`dia_ray.algo.loops.fit`).
 """
 
-from dia_ray.algo.disyre.loops import DisyreState, evaluate, fit_disyre, new_disyre_state
+from dia_ray.algo.disyre.loops import DisyreState, evaluate, final_summary, fit_disyre, new_disyre_state
 
-__all__ = ["DisyreState", "evaluate", "fit_disyre", "new_disyre_state"]
+__all__ = ["DisyreState", "evaluate", "final_summary", "fit_disyre", "new_disyre_state"]

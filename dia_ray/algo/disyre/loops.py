@@ -256,3 +256,14 @@ def fit_disyre(cfg: TrainConfig, data: DIAData, *, device: torch.device | str = 
         if on_epoch is not None:
             on_epoch(state, metrics)
     return state
+
+
+def final_summary(cfg: TrainConfig, state: DisyreState) -> dict[str, Any]:
+    """What a finished run adds to its final evaluation for the result record: scoring speed (images/s, all N
+    restorations included) and the record's params (sizes as resolved for the data)."""
+    d, setup = cfg.disyre, state.setup
+    return {"score_images_per_s": state.images_scored / state.score_seconds if state.score_seconds else 0.0,
+            "params": {"variant": d.variant, "inference": d.inference, "inference_steps": d.inference_steps,
+                       "score": d.score, "patch_size": setup.patch, "box_size": setup.params.box,
+                       "channels": setup.channels, "steps": cfg.epochs * d.steps_per_epoch,
+                       "batch_size": d.batch_size, "epochs": cfg.epochs}}

@@ -52,10 +52,11 @@ def patch_size(image_size: int, cfg: DisyreConfig) -> int:
 
 
 def box_size(patch: int, cfg: DisyreConfig) -> int:
-    """A: the config's, else P / 2 (the code's 64 for 128 patches)."""
-    a = cfg.box_size or patch // 2
-    if not 2 <= a <= patch:
-        raise ConfigError(f"disyre box size {a} must be within [2, patch size {patch}]")
+    """A = round(box_fraction · P) (default P / 2: the code's 64 for 128 patches)."""
+    a = round(cfg.box_fraction * patch)
+    if a < 2:
+        raise ConfigError(f"disyre box_fraction {cfg.box_fraction} gives a {a} px anomaly box for {patch} px "
+                          "patches; it needs at least 2 px")
     return a
 
 
