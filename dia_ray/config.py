@@ -247,8 +247,10 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 6, "max_iters_per_epoch": 10, "batch_size": 32,
                   "eval": {"samples": 2, "every": 3, "max_train_images": 256},
                   # disyre: 6 x 5 steps of 16 images with a 16-32 UNet; lr 1e-3 with a 3-step warm-up for the short
-                  # horizon (the code's 1e-4 / 500 warm-up steps are for 100k steps)
+                  # horizon (the code's 1e-4 / 500 warm-up steps are for 100k steps); N = 2 restorations (t = 99, 49)
+                  # score as well as 4 here (synthetic, 5 seeds: equal AUROC within 0.002) at twice the speed
                   "disyre": {"batch_size": 16, "steps_per_epoch": 5, "lr": 1e-3, "warmup_steps": 3,
+                             "inference_steps": 2,
                              "unet": {"block_out_channels": (16, 32), "attention_levels": (1,), "layers_per_block": 1,
                                       "norm_num_groups": 8}}},
         "ddpm": {"steps": 200, "batch_size": 16, "grad_accum": 1, "checkpoint_every": 100,

@@ -239,7 +239,7 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], from_bank: bool, *, par
         epochs=final["epochs"], test_scores=final["test_scores"], test_labels=final["test_labels"],
         wall_time_s=final["wall_time_s"], images_per_s=final["images_per_s"], workers=final["workers"],
         device=final["device"], device_hours=final["workers"] * final["wall_time_s"] / 3600.0,
-        dissolve_mode="bank" if from_bank else ("online" if d.kind != "none" else "none"),
+        dissolve_mode="bank" if from_bank and d.kind == "diffusion" else ("online" if d.kind != "none" else "none"),
         starts=final.get("starts", [0]),  # epochs at which the run (re)started: [0] = never resumed
         versions={"dia_ray": dia_ray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                   "python": platform.python_version()},

@@ -157,11 +157,12 @@ def test_config_hash_of_disyre_ignores_dia_fields_and_dia_ignores_disyre():
     assert TrainConfig(**base).dissolve.kind == "none"  # no DDPM needed
 
 
-# A short run at the `small` budget (6 epochs x 5 steps of 16 images, 16-32 UNet) on the synthetic data, whose
-# anomalies are 1-2 px specks, a thin line or a checkerboard patch. Measured on this machine (2 shared cores), last-
-# epoch AUROC of the top-k-mean score (mean-of-map / max in brackets): seed 0: 0.980 (0.690 / 0.950), seed 1: 0.985
-# (0.643 / 0.942), seed 2: 0.956 (0.665 / 0.956), seed 3: 0.979 (0.687 / 0.955), seed 4: 0.991 (0.598 / 0.995).
-# The untrained network scores 0.54 (top-k), so the bound needs the training; chance is 0.5.
+# A short run at the `small` budget (6 epochs x 5 steps of 16 images, 16-32 UNet, N = 2 restorations) on the
+# synthetic data, whose anomalies are 1-2 px specks, a thin line or a checkerboard patch. Measured on this machine
+# (2 shared cores), last-epoch AUROC of the top-k-mean score (mean-of-map / max in brackets): seed 0: 0.981 (0.690 /
+# 0.951), seed 1: 0.985 (0.642 / 0.938), seed 2: 0.956 (0.665 / 0.957), seed 3: 0.981 (0.687 / 0.963), seed 4: 0.990
+# (0.598 / 0.995); with N = 4 within 0.002 of these. The untrained network scores 0.54 (top-k), so the bound needs
+# the training; chance is 0.5.
 @pytest.fixture(scope="module")
 def synthetic(synthetic_root):
     return load_dataset("synthetic", synthetic_root)
