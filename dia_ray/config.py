@@ -143,8 +143,9 @@ class DisyreConfig(_Strict):
     # image score = this reduction of the map; ours: top-k mean, k = 100 at 128² scaled with the area (DISYRE.md
     # §5.5 logs mean, max and top-100 mean; a mean over all pixels dilutes 1-2 px anomalies, see README)
     score: Literal["mean", "max", "topk"] = "topk"
-    patch_size: int | None = None  # P; None = 32 for 28 px (zero-pad 2), the image side up to 128, else 128
-    box_fraction: float = Field(0.5, gt=0, le=1)  # anomaly box A = round(fraction P): the code's 64 for 128 patches
+    patch_size: int | None = Field(None, ge=2)  # P; None = 32 for 28 px (zero-pad 2), the side (padded to suit the
+    # UNet) up to 128, else 128 (crops for training, sliding windows for scoring)
+    box_fraction: float = Field(0.5, gt=0, le=1)  # anomaly box A = round(fraction P) >= 2: the code's 64 at P = 128
     bias_constant: float | None = None  # bias selection constant; None = 1000 (A / 64)^2 (the code: 1000 at A = 64)
     channels: Literal["auto", 1, 3] = "auto"  # auto = 1 when every train image is grey (R = G = B), else 3
     batch_size: int = Field(96, ge=1)  # global batch per step (8 volumes x 12 slices in the code)
@@ -166,6 +167,11 @@ class DisyreConfig(_Strict):
         if self.schedule_steps % self.inference_steps:
             raise ValueError(f"inference_steps {self.inference_steps} must divide schedule_steps "
                              f"{self.schedule_steps} (the trailing timestep grid)")
+        factor = 2 ** (len(self.unet.block_out_channels) - 1)  # the UNet halves the side at every level but the last
+        for name, side in (("patch_size", self.patch_size), ("the 128 px patch of large images", 128)):
+            if side is not None and side % factor:
+                raise ValueError(f"{name} {side} is not divisible by {factor}, which a UNet with "
+                                 f"{len(self.unet.block_out_channels)} levels needs")
         return self
 
 

@@ -12,7 +12,6 @@ import torch
 from dia_ray.algo.disyre.model import (box_size, build_restorer, crop_centre, pad_to, patch_size, restore,
                                        training_patches)
 from dia_ray.config import DisyreConfig, DisyreUNetConfig
-from dia_ray.errors import ConfigError
 from pydantic import ValidationError
 
 
@@ -62,12 +61,16 @@ def test_patch_and_box_sizes_follow_the_adaptation_table(size, patch, box):
 
 def test_explicit_patch_and_box_sizes_are_checked_against_the_unet():
     assert box_size(32, DisyreConfig(box_fraction=0.25)) == 8
-    with pytest.raises(ConfigError, match="divisible by 32"):
-        patch_size(48, DisyreConfig(patch_size=48))
+    assert box_size(32, DisyreConfig(box_fraction=0.01)) == 2  # never below 2 px
+    with pytest.raises(ValidationError, match="patch_size 48 is not divisible by 32"):
+        DisyreConfig(patch_size=48)
+    with pytest.raises(ValidationError, match="128 px patch of large images 128 is not divisible by 256"):
+        DisyreConfig(unet=DisyreUNetConfig(block_out_channels=(32,) * 9, attention_levels=()))
     two_levels = DisyreUNetConfig(block_out_channels=(32, 64), attention_levels=())
     assert patch_size(48, DisyreConfig(patch_size=48, unet=two_levels)) == 48
-    with pytest.raises(ConfigError, match="anomaly box"):
-        box_size(32, DisyreConfig(box_fraction=0.04))
+    assert patch_size(100, DisyreConfig()) == 128  # padded up to suit the UNet
+    assert patch_size(100, DisyreConfig(unet=two_levels)) == 100
+    assert patch_size(28, DisyreConfig(unet=two_levels)) == 32  # MedMNIST: always the spec's 32
 
 
 def test_padding_is_centred_zeros_and_crop_centre_inverts_it():

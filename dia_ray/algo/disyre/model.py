@@ -13,7 +13,6 @@ import torch
 from diffusers import UNet2DModel
 
 from dia_ray.config import DisyreConfig, DisyreUNetConfig
-from dia_ray.errors import ConfigError
 
 MEDMNIST_SIZE, MEDMNIST_PATCH, MAX_PATCH = 28, 32, 128
 
@@ -41,23 +40,20 @@ def restore(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.T
 
 
 def patch_size(image_size: int, cfg: DisyreConfig) -> int:
-    """P: the config's, else 32 for 28 px, the side itself up to 128, else 128. Must suit the UNet (divisible by
-    2^(levels − 1)) and the image (P ≥ side is padded, P < side is windowed)."""
-    p = cfg.patch_size or (MEDMNIST_PATCH if image_size == MEDMNIST_SIZE else min(image_size, MAX_PATCH))
+    """P: the config's, else 32 for 28 px MedMNIST (zero-pad 2), the side padded up to a multiple of the UNet's
+    2^(levels − 1) for sides up to 128, else 128 (random crops for training, sliding windows for scoring). The
+    config validates that explicit patches and 128 suit the UNet."""
+    if cfg.patch_size:
+        return cfg.patch_size
+    if image_size == MEDMNIST_SIZE:
+        return MEDMNIST_PATCH
     factor = 2 ** (len(cfg.unet.block_out_channels) - 1)
-    if p % factor:
-        raise ConfigError(f"disyre patch size {p} must be divisible by {factor} (the UNet downsamples "
-                          f"{len(cfg.unet.block_out_channels) - 1} times); set disyre.patch_size")
-    return p
+    return -(-image_size // factor) * factor if image_size <= MAX_PATCH else MAX_PATCH
 
 
 def box_size(patch: int, cfg: DisyreConfig) -> int:
-    """A = round(box_fraction · P) (default P / 2: the code's 64 for 128 patches)."""
-    a = round(cfg.box_fraction * patch)
-    if a < 2:
-        raise ConfigError(f"disyre box_fraction {cfg.box_fraction} gives a {a} px anomaly box for {patch} px "
-                          "patches; it needs at least 2 px")
-    return a
+    """A = round(box_fraction · P), at least 2 px (default P / 2: the code's 64 for 128 patches)."""
+    return max(2, round(cfg.box_fraction * patch))
 
 
 def pad_to(x: torch.Tensor, side: int) -> torch.Tensor:
