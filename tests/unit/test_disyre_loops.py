@@ -42,6 +42,9 @@ def test_adamw_hyperparameters_are_the_codes():
     group = opt.param_groups[0]
     assert isinstance(opt, torch.optim.AdamW)
     assert (group["lr"], group["betas"], group["weight_decay"], group["eps"]) == (1e-4, (0.95, 0.999), 1e-6, 1e-8)
+    d = TrainConfig(dataset="synthetic", method="disyre")
+    assert (d.disyre.warmup_steps, d.disyre.clip_grad_norm, d.disyre.batch_size) == (500, 1.0, 96)
+    assert d.epochs * d.disyre.steps_per_epoch == 100_000  # the code's 100k steps
 
 
 @pytest.mark.parametrize(("warmup", "total"), [(500, 100_000), (3, 30), (0, 10)])
