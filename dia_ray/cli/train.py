@@ -55,7 +55,7 @@ def ddpm_train(
 @app.command("train")
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    method: str = typer.Option("dia", "--method", "-m", help="dia | csi | blur-gaussian | blur-median"),
+    method: str = typer.Option("dia", "--method", "-m", help="dia | csi | blur-gaussian | blur-median | disyre"),
     storage: str = typer.Option(..., "--storage", help="Storage root: a folder or a URI such as s3://bucket/prefix "
                                 "(runs, DDPMs, result records)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=_DATA_ROOT),
@@ -82,7 +82,7 @@ def train(
     wandb_project: Optional[str] = typer.Option(None, "--wandb-project", help="Log to this W&B project "
                                                 "(WANDB_MODE=offline works without network)."),
 ) -> None:
-    """Train one DIA / CSI / blur run and evaluate it; the last line printed is the result record (JSON)."""
+    """Train one DIA / CSI / blur / DISYRE run and evaluate it; the last line printed is the result record (JSON)."""
     from dia_ray.distributed import pipeline
 
     overrides = pipeline.cli_overrides(set_, seed=seed, epochs=epochs, shift=shift, normal_class=normal_class,

@@ -24,6 +24,7 @@ from dia_ray.distributed.checkpointing import (fit_trainer, padding_bytes, repor
                                                restore, state_padding, validate_resume, worker_device)
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import CheckpointError
+from dia_ray.results.maps import MAPS_FILE, read_maps, write_maps
 from dia_ray.results.records import ResultRecord, write_records
 from dia_ray.storage import Storage, open_storage
 
@@ -81,6 +82,7 @@ def _worker(config: dict[str, Any]) -> None:
 
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.algo.dissolve import make_dissolver
+    from dia_ray.algo.disyre import final_summary, fit_disyre, new_disyre_state
     from dia_ray.algo.loops import fit, new_dia_state
 
     device = worker_device(config)
@@ -104,7 +106,8 @@ def _worker(config: dict[str, Any]) -> None:
         kernel_size=d.kernel_size, blur_resize=d.blur_resize_to_resolution, autocast_bf16=d.autocast_bf16,
         unet=unet, alphas_cumprod=alphas, bank_versions=versions)
     rank = ray.train.get_context().get_world_rank()
-    state = new_dia_state(cfg, device, rank)
+    disyre = cfg.method == "disyre"
+    state = new_disyre_state(cfg, data, device) if disyre else new_dia_state(cfg, device, rank)
     rank, world, starts, progress = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "epoch")
     tracker = None
     if rank == 0 and any((config.get("trackers") or {}).values()):
@@ -155,11 +158,17 @@ def _worker(config: dict[str, Any]) -> None:
                     "t_range": list(t_range_for(cfg, spec.t_range)) if d.kind == "diffusion" else None,
                     "hardware": hardware(device),
                 }
+                if disyre:
+                    final.update(final_summary(cfg, st))
+                    write_maps(tmp / MAPS_FILE, st.maps)
                 (tmp / FINAL_FILE).write_text(json.dumps(final))
 
         report_with_checkpoint(report, write, config["local"], final=done)
 
-    fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+    if disyre:
+        fit_disyre(cfg, data, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+    else:
+        fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
     if tracker is not None:
         tracker.close()
 
@@ -254,8 +263,12 @@ def train_dia_ray(
         if not final_file.is_file():
             raise CheckpointError(f"run {run_key(cfg)}: the last checkpoint holds no final evaluation")
         final = json.loads(final_file.read_text())
-    record = make_record(cfg, final, ddpm_path=ddpm_path, bank_path=bank_path, params=params,
-                         extra={**(extra or {}), "run": st.join(runs, name)})
+        extra = {**(extra or {}), "run": st.join(runs, name)}
+        if (Path(d) / MAPS_FILE).is_file():  # disyre: the anomaly-map samples beside the record
+            maps = f"{out.removesuffix('.jsonl')}.maps.npz"
+            write_maps(st.join(maps), read_maps(Path(d) / MAPS_FILE))
+            extra["maps_file"] = maps.rsplit("/", 1)[-1]
+    record = make_record(cfg, final, ddpm_path=ddpm_path, bank_path=bank_path, params=params, extra=extra)
     write_records(st.join(out), [record])
     return record
 
@@ -300,7 +313,10 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], *, ddpm_path: str | os.
     p = {"t_min": t_range[0], "t_max": t_range[1], "kernel_size": d.kernel_size if d.kind in ("gaussian", "median") else None,
          "resolution": d.resolution if d.kind != "none" else None, "shift": cfg.shift, "loss_mode": cfg.loss_mode,
          "backbone": cfg.backbone, "epochs": cfg.epochs, "batch_size": cfg.batch_size}
+    p = dict(final["params"]) if "params" in final else p  # disyre: its own knobs, none of DIA's
     p.update(params or {})
+    if "score_images_per_s" in final:
+        extra = {"score_images_per_s": final["score_images_per_s"], **(extra or {})}
     return ResultRecord(
         dataset=cfg.dataset, method=cfg.method, seed=cfg.seed, config_hash=cfg.config_hash(),
         config=cfg.model_dump(mode="json"), params=p,
@@ -308,7 +324,7 @@ def make_record(cfg: TrainConfig, final: dict[str, Any], *, ddpm_path: str | os.
         epochs=final["epochs"], test_scores=final["test_scores"], test_labels=final["test_labels"],
         wall_time_s=final["wall_time_s"], images_per_s=final["images_per_s"], workers=final["workers"],
         device=final["device"], device_hours=final["workers"] * final["wall_time_s"] / 3600.0,
-        dissolve_mode="bank" if bank_path else ("online" if d.kind != "none" else "none"),
+        dissolve_mode="bank" if bank_path and d.kind == "diffusion" else ("online" if d.kind != "none" else "none"),
         starts=final.get("starts", [0]),  # epochs at which the run (re)started: [0] = never resumed
         versions={"dia_ray": dia_ray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                   "python": platform.python_version()},
