@@ -23,30 +23,32 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from dia_ray.errors import CheckpointError
-from dia_ray.results.leaderboard import atomic_write
+from dia_ray.results.files import read_bytes, write_files
 
 MAPS_FILE = "maps.npz"
 KEYS = ("inputs", "restored", "maps", "labels", "scores", "index", "timesteps")
 
 
-def write_maps(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write the artifact atomically (compressed npz); every key of :data:`KEYS` is required."""
-    check(arrays, str(path))
+def write_maps(location: str | os.PathLike, arrays: dict[str, np.ndarray]) -> str:
+    """Write the artifact whole (compressed npz) to a local path or a storage URI; every key of :data:`KEYS` is
+    required."""
+    check(arrays, str(location))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(arrays[k]) for k in KEYS})
-    return atomic_write(path, buffer.getvalue())
+    parent, _, name = str(location).rpartition("/")
+    return write_files(parent or ".", {name: buffer.getvalue()})[0]
 
 
 def read_maps(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load an artifact written by :func:`write_maps` (no pickles); a missing or malformed file is one clear error."""
+    """Load an artifact written by :func:`write_maps` (a local path or a storage URI; no pickles); a missing or
+    malformed file is one clear error."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(read_bytes(str(path))), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"maps file {path} cannot be read ({type(err).__name__}); re-run the disyre run's "
