@@ -213,6 +213,29 @@ def _runs_table(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, out_dir: st
     return f"<table class='runs'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _disyre_maps(df: pd.DataFrame, frame: pd.DataFrame, dataset: str, sweep: str | None):
+    """The anomaly-map grid of the ``disyre`` row of ``dataset`` (its median-AUROC seed's ``maps.npz``, stored
+    beside the record), or None when there is no such row or artifact."""
+    from dia_ray.errors import DiaRayError
+    from dia_ray.results.maps import maps_figure, read_maps
+
+    shown = df[(df["dataset"] == dataset) & (df["method"] == "disyre")]
+    if shown.empty or "maps_file" not in frame:
+        return None
+    runs = frame[(frame["dataset"] == dataset) & (frame["config_hash"] == shown.iloc[0]["config_hash"])
+                 & frame["maps_file"].notna()].sort_values("auroc_last")
+    if runs.empty:
+        return None
+    run = runs.iloc[len(runs) // 2]
+    location = posixpath.join(posixpath.dirname(run["source"]), run["maps_file"])
+    try:
+        arrays = read_maps(location)
+    except (DiaRayError, OSError):
+        return None
+    title = f"{dataset_label(dataset)}: DISYRE anomaly maps, seed {run['seed']}" + (f" ({sweep})" if sweep else "")
+    return maps_figure(arrays, title, max_rows=4)
+
+
 def render_html(df: pd.DataFrame, frame: pd.DataFrame, *, summary: str, problems: list[str], root: str,
                 out_dir: str) -> str:
     """The report page for leaderboard ``df`` (:func:`~dia_ray.results.leaderboard.build`) of the records in
@@ -247,6 +270,12 @@ def render_html(df: pd.DataFrame, frame: pd.DataFrame, *, summary: str, problems
                  "Test AUROC at each evaluated epoch and training loss, from the records' per-epoch history.",
                  wide=True),
         ]
+        maps = _disyre_maps(df, frame, dataset, sweep)
+        if maps is not None:
+            figures.append(_img(maps, f"{name}: DISYRE anomaly maps",
+                                "DISYRE on test images (normal rows first): input, restoration (mean of the "
+                                "restorations at the ensemble's severities), pixel-wise anomaly map |x − R(x, t)| "
+                                "on one colour scale; from the median-AUROC seed of the disyre row.", wide=True))
         parts += [f"<h2 id='{_e(dataset)}'>{_e(name)}</h2>", f"<div class='figs'>{''.join(figures)}</div>",
                   f"<h3>Runs</h3>{_runs_table(df, frame, dataset, out_dir, root)}"]
     swept = swept_params(frame)
