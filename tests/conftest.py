@@ -51,7 +51,10 @@ def ray_cluster():
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            include_dashboard=False,
+            # The dashboard serves the State API that Ray Train's PlacementGroupCleaner queries: without it, the
+            # placement group of a Train run whose trial was stopped (ASHA) or killed is never released.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             object_store_memory=2 * 1024**3,
             log_to_driver=False,
             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}},

@@ -104,6 +104,10 @@ def _run_images(sweep: SweepFile, dataset: str, method: str) -> float:
     S x 4 times, forward only ≈ S/9 training images each)."""
     cfg = sweep.train_config(dataset, {"method": method}, sweep.seeds[0])
     n_train, n_test = DATASET_SIZES.get(dataset, (600, 200))
+    if method == "disyre":  # restoration steps of its own batch; scoring = N restorations per test image
+        dc = cfg.disyre
+        return (cfg.epochs * dc.steps_per_epoch * dc.batch_size
+                + math.ceil(cfg.epochs / cfg.eval.every) * n_test * dc.inference_steps / 3)
     per_epoch = min(math.ceil(n_train / cfg.batch_size), cfg.max_iters_per_epoch) * cfg.batch_size
     n_eval = min(n_train, cfg.eval.max_train_images or n_train) + n_test
     evals = math.ceil(cfg.epochs / cfg.eval.every)

@@ -29,6 +29,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
     if ray.is_initialized():
         return
     env = {"env_vars": {**WORKER_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}}}
+    gcs = os.environ.get("RAY_ADDRESS") if address == "auto" else address
+    if gcs and "://" not in gcs:
+        # Ray Train's PlacementGroupCleaner finds its cluster's State API through RAY_ADDRESS; without it, on a machine
+        # that runs several Ray instances it gives up, and the placement group of a stopped trial is never freed.
+        env["env_vars"]["RAY_ADDRESS"] = gcs
     kwargs = dict(runtime_env=env, log_to_driver=log_to_driver, configure_logging=True, logging_level=logging.WARNING)
     try:
         if address:

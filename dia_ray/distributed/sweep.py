@@ -8,7 +8,7 @@ name, no timestamp, so ``--resume`` finds it), ``…/train`` (the Ray Train runs
 
 Trials: every seed of a configuration is its own Tune trial (``Repeater`` around ``OptunaSearch``: the searcher sees
 the mean over seeds), running concurrently; a trial trains with the Ray Train DIA trainer, whose every evaluation is
-reported to Tune (``TuneReportCallback``): Tune's loggers, TensorBoard, MLflow and W&B get per-epoch curves, and ASHA
+reported to Tune (:func:`report_while_training`): Tune's loggers, TensorBoard, MLflow and W&B get per-epoch curves, and ASHA
 can stop a trial early. Tune's config of a trial is the full resolved TrainConfig (dotted keys), so HParams and
 MLflow params are complete. Records are keyed by (config hash, seed): a trial restarted after a crash or a lost node
 resumes its Ray Train run from the last registered checkpoint, and a finished run is never trained twice.
@@ -170,12 +170,65 @@ def _final_metrics(rec) -> dict[str, Any]:
             "last_epoch": True, "images_per_s": rec.images_per_s, "from_record": True}
 
 
+def relay_to_tune(queue: Any):
+    """A Ray Train callback that hands every report of a Train run to ``queue`` (a ``ray.util.queue.Queue``).
+
+    Why not Ray's ``TuneReportCallback``: it delivers the Train run's reports from the Tune session's main thread
+    through a one-slot queue, and when the run's last report is still in flight as the trial function returns, the
+    main thread blocks for ever putting it behind the function's end-of-training marker (seen with Ray 2.60: the trial
+    hangs, its placement groups stay reserved, and the next trials starve). Here the trial function itself reads
+    the queue and calls ``tune.report`` — one thread reports, and it returns only after the last report."""
+    from ray.train import UserCallback
+
+    class RelayToTune(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            item = dict(metrics[0])
+            if checkpoint is not None:
+                item["checkpoint_path"] = checkpoint.path
+            queue.put(item)
+
+    return RelayToTune()
+
+
+def report_while_training(train: Any) -> Any:
+    """Run ``train(callbacks)`` (a Ray Train run) as a Ray task and pass each of its reports to ``tune.report`` from
+    this trial's thread as they come; returns ``train``'s result after the last report. When Tune stops the trial
+    (ASHA) — ``tune.report`` then exits the thread — the task is cancelled, which ends its Train run: a stopped trial
+    does not train on in the background."""
+    import ray
+    import ray.tune as tune
+    from ray.exceptions import RayTaskError
+    from ray.util.queue import Empty, Queue
+
+    from dia_ray.distributed.runtime import worker_logging
+
+    def run(queue: Any) -> Any:
+        worker_logging()
+        return train([relay_to_tune(queue)])
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    task = ray.remote(num_cpus=0, max_retries=0)(run).remote(queue)
+    try:
+        while True:
+            finished = bool(ray.wait([task], timeout=0)[0])
+            try:
+                tune.report(queue.get(timeout=1.0))
+            except Empty:
+                if finished and queue.empty():
+                    break
+        return ray.get(task)
+    except RayTaskError as err:
+        raise err.as_instanceof_cause() from None
+    except BaseException:
+        ray.cancel(task, force=True)
+        raise
+
+
 def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One Tune trial: one seed of one configuration, trained by the Ray Train trainer (which reports every epoch
     to Tune). A run whose record exists (a restarted trial) reports that record instead of training again."""
     import ray
     import ray.tune as tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from dia_ray.distributed.runtime import worker_logging
     from dia_ray.distributed.train_dia import read_record, run_key, train_dia_ray
@@ -200,13 +253,13 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     share = res.gpu_share(ctx["image_size"])
     trial_id = tune.get_context().get_trial_id()
     trial_dir = tune.get_context().get_storage().trial_fs_path  # in storage (get_trial_dir() is a local staging dir)
-    train_dia_ray(
+    report_while_training(lambda callbacks: train_dia_ray(
         cfg, DataRef(**ctx["data"]), st, workers=res.workers, use_gpu=share > 0, cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=share, ddpm_path=ddpm, bank_path=bank, run_dir=paths.train(dataset), record_file=record_rel,
-        callbacks=[TuneReportCallback()], extra={"sweep": sweep.name, "trial_id": trial_id, "trial_dir": trial_dir},
+        callbacks=callbacks, extra={"sweep": sweep.name, "trial_id": trial_id, "trial_dir": trial_dir},
         params={k: v for k, v in params.items() if k != "method"}, report_extra={"trial_id": trial_id},
         max_failures=1,
-    )
+    ))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,6 +388,21 @@ def best_from_records(storage: Storage, records_rel: str, sweep: SweepFile) -> d
             "config_hash": key}
 
 
+def asha(sweep: SweepFile, epochs: int):
+    """ASHA on the per-epoch AUROC, with rungs at grace_period·rf^k epochs below ``epochs``. A trial is never stopped
+    on its last epoch's report: it has trained to the end and still has to write its record."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class LetFinishedRunsWrite(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            return TrialScheduler.CONTINUE if result.get("last_epoch") else decision
+
+    return LetFinishedRunsWrite(time_attr="epoch", metric="auroc", mode=sweep.mode, max_t=epochs,
+                                grace_period=min(sweep.asha.grace_period, epochs),
+                                reduction_factor=sweep.asha.reduction_factor)
+
+
 def run_study(sweep_dict: dict[str, Any], dataset: str, storage: str, data: dict[str, Any], image_size: int,
               resume: bool, concurrent: int, trackers: dict[str, Any]) -> dict[str, Any]:
     """Start this dataset's artifacts, run (or restore) its Tune experiment. Returns its summary; any failure is
@@ -390,16 +458,15 @@ def _run_study(sweep: SweepFile, dataset: str, st: Storage, ref: DataRef, image_
     else:
         scheduler = None
         if sweep.scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
             epochs = sweep.train_config(dataset, {}, sweep.seeds[0]).epochs
-            scheduler = ASHAScheduler(time_attr="epoch", metric="auroc", mode=sweep.mode, max_t=epochs,
-                                      grace_period=min(sweep.asha.grace_period, epochs),
-                                      reduction_factor=sweep.asha.reduction_factor)
+            scheduler = asha(sweep, epochs)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=seed_repeater(sweep, dataset, concurrent), scheduler=scheduler,
-                                        num_samples=total, max_concurrent_trials=concurrent),
+                                        num_samples=total, max_concurrent_trials=concurrent,
+                                        # a stopped trial's process must end: its Train run (a background thread
+                                        # here) would otherwise train on to the end in a reused actor
+                                        reuse_actors=False),
             run_config=tune.RunConfig(name="tune", storage_path=st.join(paths.dataset(dataset)),
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_retries),
                                       callbacks=callbacks, verbose=0),

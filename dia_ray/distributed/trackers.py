@@ -53,11 +53,25 @@ def tune_callbacks(sweep: str, dataset: str, mlflow_uri: str | None = None, wand
         out.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=sweep,
                                         tags={"dataset": dataset, "sweep": sweep}, save_artifact=False))
     if wandb_project:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        out.append(WandbLoggerCallback(project=wandb_project, group=f"{sweep}/{dataset}", tags=[dataset, sweep],
-                                       log_config=True))
+        out.append(_wandb_callback()(project=wandb_project, group=f"{sweep}/{dataset}", tags=[dataset, sweep],
+                                     log_config=True))
     return out
+
+
+def _wandb_callback():
+    """Ray's ``WandbLoggerCallback``, except that a trial whose logging actor has already finished (Ray collects
+    finished actors whenever any trial ends) does not fail with a ``KeyError`` at its own end (seen with Ray 2.60:
+    the finished trial is marked errored and retried)."""
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class Wandb(WandbLoggerCallback):
+        def log_trial_end(self, trial, failed: bool = False):
+            if trial in self._trial_queues:
+                super().log_trial_end(trial, failed=failed)
+            else:
+                self._cleanup_logging_actors()
+
+    return Wandb
 
 
 class RunTracker:
