@@ -7,6 +7,7 @@ A plain training loop (:func:`train_ddpm`) that the Ray Train wrapper calls unch
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dia_ray.algo.resolution import to_ddpm, to_float01
 from dia_ray.algo.unet import LucidUnet
-from dia_ray.config import DDPMConfig
+from dia_ray.config import DDPMConfig, UNetConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,23 @@ class DDPMCost:
 def ddpm_cost(cfg: DDPMConfig) -> DDPMCost:
     """Count (not time) the DDPM's cost with torch's FlopCounterMode on one image, on the meta device (no memory, no
     arithmetic): convolutions, matmuls/einsums and linear layers, i.e. everything but element-wise work."""
+    params, forward, backward = _unet_cost(cfg.resolution, cfg.unet)
+    train = forward + backward
+    return DDPMCost(params=params, forward_flops=forward, train_flops=train,
+                    train_flops_per_step=train * cfg.images_per_step)
+
+
+@functools.lru_cache(maxsize=16)
+def _unet_cost(resolution: int, unet_cfg: UNetConfig) -> tuple[int, int, int]:
     with torch.device("meta"):
-        unet = build_unet(cfg)
-        x = torch.zeros(1, 3, cfg.resolution, cfg.resolution)
+        unet = build_unet(DDPMConfig(resolution=resolution, unet=unet_cfg))
+        x = torch.zeros(1, 3, resolution, resolution)
         t = torch.zeros(1, dtype=torch.long)
-    with FlopCounterMode(display=False) as fwd:
+    with FlopCounterMode(display=False) as forward:
         out = unet(x, t).sample
-    with FlopCounterMode(display=False) as both:
-        unet(x, t).sample.sum().backward()
-    del out
-    train = both.get_total_flops()
-    return DDPMCost(params=sum(p.numel() for p in unet.parameters()), forward_flops=fwd.get_total_flops(),
-                    train_flops=train, train_flops_per_step=train * cfg.images_per_step)
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    return sum(p.numel() for p in unet.parameters()), forward.get_total_flops(), backward.get_total_flops()
 
 
 def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:

@@ -242,7 +242,9 @@ def _count_images_per_forward(cfg: DDPMConfig, images: torch.Tensor, rank: int =
 
 
 def test_paper_batch_at_32_px_is_512_images_per_optimiser_step_split_across_workers():
-    cfg = DDPMConfig(steps=1, unet=TINY_UNET)  # paper batch (256 at 32 px) and grad_accum 2
+    micro_unet = UNetConfig(block_out_channels=(8, 8, 8), layers_per_block=1, attention_heads=1, attention_head_dim=8,
+                            attention_max_size=0)  # the cheapest UNet: only the batch plumbing is under test
+    cfg = DDPMConfig(steps=1, unet=micro_unet)  # paper batch (256 at 32 px) and grad_accum 2
     assert cfg.global_batch == 256 and cfg.grad_accum == 2 and cfg.images_per_step == 512
     images = _images(600, seed=9)
     assert _count_images_per_forward(cfg, images) == [256, 256]
