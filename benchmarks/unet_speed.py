@@ -76,7 +76,8 @@ def side_by_side(models: dict[str, torch.nn.Module], call, batch: int, rounds: i
 
 
 def describe(model: torch.nn.Module) -> dict[str, float]:
-    return {"params": sum(p.numel() for p in model.parameters()), "forward_gflops_per_image": round(flops(model) / 1e9, 3)}
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "forward_gflops_per_image": round(flops(model) / 1e9, 3)}
 
 
 def main() -> None:

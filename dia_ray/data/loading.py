@@ -154,8 +154,9 @@ def ddpm_images(name: str, data_root, resolution: int, *, normal_class: str | No
     random flip (ALGORITHM.md §2.3). A driver-side pure function of the files on disk.
 
     MedMNIST (``image_size`` picks the file, as for :func:`load_dataset`): the normal training images zero-padded
-    28 → 32 (r must be 32), other sizes resized like folder images. Folder datasets: the normal training images' SOURCE files resized straight to r (ToTensor + bilinear tensor
-    resize without antialias, as the reference; not the learner's 224 px cache), cached like the learner's images.
+    28 → 32 (r must be 32), other sizes resized like folder images. Folder datasets: the normal training images'
+    SOURCE files resized straight to r (ToTensor + bilinear tensor resize without antialias, as the reference; not
+    the learner's 224 px cache), cached like the learner's images.
     ``whole_folder``: the reference's SARS-COV-2 quirk — normal images of every split, test included.
     """
     spec = _spec(name, normal_class)

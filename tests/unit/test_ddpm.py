@@ -75,12 +75,15 @@ def _hand_flops(unet: nn.Module, resolution: int) -> int:
     def attention(module, inp, _out):
         nonlocal total
         _, _, h, w = inp[0].shape
-        n, hid = h * w, module.heads * module.to_qkv.out_channels // 3 // module.heads
-        # linear: context (d×e over n) and out (e×n over d); full: logits (n×n over d) and out (d×n over n)
+        n, hid = h * w, module.to_qkv.out_channels // 3  # positions, heads × d
+        # per head, linear: context (d×d summed over n) and out (d×n summed over d) = 2·(2d²n);
+        # full: logits (n×n summed over d) and out (d×n summed over n) = 2·(2dn²)
         total += 4 * hid * (hid // module.heads) * n if isinstance(module, LinearAttention) else 4 * hid * n * n
 
-    handles = [m.register_forward_hook(conv_or_linear) for m in unet.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles += [m.register_forward_hook(attention) for m in unet.modules() if isinstance(m, (LinearAttention, Attention))]
+    layers = [m for m in unet.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    attentions = [m for m in unet.modules() if isinstance(m, (LinearAttention, Attention))]
+    handles = [m.register_forward_hook(conv_or_linear) for m in layers]
+    handles += [m.register_forward_hook(attention) for m in attentions]
     with torch.no_grad():
         unet(torch.zeros(1, 3, resolution, resolution), torch.zeros(1, dtype=torch.long))
     for h in handles:

@@ -235,7 +235,8 @@ def test_reference_rng_stream_does_not_depend_on_the_run_seed():
     """As in the reference, whose set_random_seed(s) values are the same in every run."""
     cfg = lambda seed: TrainConfig(dataset="synthetic", method="blur-gaussian", batch_size=4, epochs=2,  # noqa: E731
                                    max_iters_per_epoch=2, reference_rng=True, seed=seed,
-                                   dissolve=DissolveConfig(kernel_size=3), eval=EvalConfig(samples=1, max_train_images=8))
+                                   dissolve=DissolveConfig(kernel_size=3),
+                                   eval=EvalConfig(samples=1, max_train_images=8))
     draws = []
     for seed in (0, 1):
         blur = RecordingBlur()

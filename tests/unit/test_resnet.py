@@ -104,7 +104,9 @@ def _functional_resnet18(p: dict[str, torch.Tensor], x: torch.Tensor, variant: s
             out = bn(F.conv2d(out, p[pre + "conv2.weight"], padding=1), pre + "bn2")
             has_shortcut = stage > 1 and block == 0
             assert (pre + "downsample.0.weight" in p) == has_shortcut
-            short = bn(F.conv2d(h, p[pre + "downsample.0.weight"], stride=s), pre + "downsample.1") if has_shortcut else h
+            short = h
+            if has_shortcut:
+                short = bn(F.conv2d(h, p[pre + "downsample.0.weight"], stride=s), pre + "downsample.1")
             h = F.relu(out + short)
     f = h.mean(dim=(2, 3))
     z = F.linear(F.relu(F.linear(f, p["projection.0.weight"], p["projection.0.bias"])),
