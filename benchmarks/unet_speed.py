@@ -1,7 +1,8 @@
 """The DDPM UNet before and after issue 14, side by side in one process. Prints ONE JSON object on stdout.
 
 - ``paper``: the reference's lucidrains Unet (``LucidUnet``, 36.25 M parameters, the paper budget's network now) vs the
-  diffusers ``UNet2DModel`` recipe dia-ray used before (65.0 M), one training forward + backward at 32 px, batch 32.
+  diffusers ``UNet2DModel`` recipe dia-ray used before (65.0 M): one training forward + backward at 32 px, batch 32,
+  and one no-grad dissolving call for a DIA step (4 groups × 32 images = 128).
 - ``small``: the ``small`` budget's UNet (what the demo trains and dissolves with) now vs before: a training step at
   its DDPM batch (16) and one no-grad dissolving call for a DIA step (4 groups × 32 images = 128).
 
@@ -92,7 +93,8 @@ def main() -> None:
     small = {"new": build_unet(small_cfg), "old": old_unet(**OLD_SMALL)}
     result = {
         "paper": {"networks": {k: describe(m) for k, m in paper.items()},
-                  "train_step_batch32": side_by_side(paper, train_call, 32, args.rounds)},
+                  "train_step_batch32": side_by_side(paper, train_call, 32, args.rounds),
+                  "dissolve_call_128": side_by_side(paper, infer_call, 128, args.rounds)},
         "small": {"networks": {k: describe(m) for k, m in small.items()},
                   "train_step": side_by_side(small, train_call, small_cfg.global_batch, args.rounds),
                   "dissolve_call_128": side_by_side(small, infer_call, 128, args.rounds)},
