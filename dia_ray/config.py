@@ -86,7 +86,7 @@ class DissolveConfig(_Strict):
     input_range: Literal["raw01", "pm1"] = "raw01"
     resolution: Literal[32, 64, 128] = 32
     use_ema: bool = False  # the reference dissolves with the online (non-EMA) weights
-    kernel_size: Literal[3, 5, 7, 11] = 7  # the Gaussian's taps: OpenCV's (fixed tables up to 7, §3.5)
+    kernel_size: Literal[3, 7, 11] = 7  # the Gaussian's taps: OpenCV's (fixed tables up to 7, §3.5)
     blur_all_branches: bool = False  # True reproduces the reference code's bug (all three branches blurred)
     blur_resize_to_resolution: bool = False  # heuristics down/up-sample to `resolution` (paper Table 5)
     bank_versions: int = Field(8, ge=1)  # K dissolved versions per image in a bank
