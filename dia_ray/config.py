@@ -20,18 +20,29 @@ class _Strict(BaseModel):
 
 
 class UNetConfig(_Strict):
-    """diffusers ``UNet2DModel`` closest to lucidrains' Unet(dim=64, dim_mults=(1,2,4,8)) (ALGORITHM.md §2.1)."""
+    """The reference's lucidrains ``Unet(dim=64, dim_mults=(1,2,4,8))`` (ALGORITHM.md §2.1), re-implemented in
+    :mod:`dia_ray.algo.unet`; the defaults give its 36.25 M parameters."""
 
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 512)
-    layers_per_block: int = 2
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 512)  # dim · dim_mults
+    layers_per_block: int = Field(2, ge=1)  # ResBlocks per level, on the way down and on the way up
     norm_num_groups: int = 8
-    attention_head_dim: int = 32
-    attention_max_size: int = 16  # attention blocks at levels whose feature map is <= this size
+    attention_heads: int = Field(4, ge=1)
+    attention_head_dim: int = Field(32, ge=1)
+    attention_max_size: int | None = None  # linear attention only at levels whose map is <= this; None = all (ref.)
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> "UNetConfig":
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if not self.block_out_channels or bad:
+            raise ValueError(f"block_out_channels must be non-empty multiples of norm_num_groups="
+                             f"{self.norm_num_groups}, got {self.block_out_channels}")
+        return self
 
 
 class DDPMConfig(_Strict):
     """Stage A. ``batch_size`` None = the paper's per-resolution batch (256/128/32 at 32/64/128) as the *global*
-    batch; per-worker batch = global / workers."""
+    micro-batch: every optimiser step accumulates ``grad_accum`` micro-batches of that size (the reference's trainer,
+    §2.3: 2 × 256 = 512 images per step at 32 px), each split across the workers (global / workers per worker)."""
 
     resolution: Literal[32, 64, 128] = 32
     steps: int = Field(25_000, ge=1)
@@ -49,10 +60,19 @@ class DDPMConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(50, ge=1)
+    # The reference's SARS-COV-2 quirk: its DDPM reads the whole dataset folder, so the normal images of the TEST
+    # split are trained on too (folder datasets only; off = the train split's normal images, the paper's protocol).
+    whole_folder: bool = False
 
     @property
     def global_batch(self) -> int:
+        """Images per micro-batch, summed over the workers."""
         return self.batch_size or DDPM_BATCH_BY_RESOLUTION[self.resolution]
+
+    @property
+    def images_per_step(self) -> int:
+        """Images per optimiser step: ``grad_accum`` micro-batches of ``global_batch``."""
+        return self.global_batch * self.grad_accum
 
 
 class DissolveConfig(_Strict):
@@ -66,7 +86,7 @@ class DissolveConfig(_Strict):
     input_range: Literal["raw01", "pm1"] = "raw01"
     resolution: Literal[32, 64, 128] = 32
     use_ema: bool = False  # the reference dissolves with the online (non-EMA) weights
-    kernel_size: Literal[3, 7, 11] = 7
+    kernel_size: Literal[3, 7, 11] = 7  # the Gaussian's taps: OpenCV's (fixed tables up to 7, §3.5)
     blur_all_branches: bool = False  # True reproduces the reference code's bug (all three branches blurred)
     blur_resize_to_resolution: bool = False  # heuristics down/up-sample to `resolution` (paper Table 5)
     bank_versions: int = Field(8, ge=1)  # K dissolved versions per image in a bank
@@ -206,6 +226,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     max_train_images: int | None = None  # subsample the normal training set (None = all)
     max_test_images: int | None = None  # stratified subsample of the test set (None = all)
+    # The reference reseeds python/numpy/torch at every evaluation (set_random_seed(s) per eval sample), so every epoch
+    # after an evaluation replays the same shuffles, flips, t draws and augmentations. True reproduces that (the
+    # replayed stream does not depend on ``seed``, as in the reference); False draws fresh randomness every epoch.
+    reference_rng: bool = False
 
     @model_validator(mode="after")
     def _method_matches_dissolve(self) -> "TrainConfig":
@@ -260,7 +284,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                              "unet": {"block_out_channels": (16, 32), "attention_levels": (1,), "layers_per_block": 1,
                                       "norm_num_groups": 8}}},
         "ddpm": {"steps": 200, "batch_size": 16, "grad_accum": 1, "checkpoint_every": 100,
-                 "unet": {"block_out_channels": (32, 64), "layers_per_block": 1, "attention_head_dim": 16}},
+                 "unet": {"block_out_channels": (32, 64), "layers_per_block": 1, "attention_heads": 2,
+                          "attention_head_dim": 16, "attention_max_size": 16}},
     },
     "tiny": {
         "train": {"epochs": 2, "max_iters_per_epoch": 2, "batch_size": 8,
@@ -270,7 +295,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                              "unet": {"block_out_channels": (8, 16), "attention_levels": (1,), "layers_per_block": 1,
                                       "norm_num_groups": 8}}},
         "ddpm": {"steps": 4, "batch_size": 8, "grad_accum": 1, "checkpoint_every": 2,
-                 "unet": {"block_out_channels": (16, 32), "layers_per_block": 1, "attention_head_dim": 8}},
+                 "unet": {"block_out_channels": (16, 32), "layers_per_block": 1, "attention_heads": 2,
+                          "attention_head_dim": 8, "attention_max_size": 16}},
     },
 }
 

@@ -1,11 +1,13 @@
-"""Stage A: the DDPM that dissolving uses (ALGORITHM.md §2), on diffusers' UNet2DModel + DDPMScheduler + EMAModel.
+"""Stage A: the DDPM that dissolving uses (ALGORITHM.md §2): the reference's lucidrains UNet (:mod:`dia_ray.algo.unet`,
+a diffusers model) + diffusers' DDPMScheduler + EMAModel.
 
 A plain training loop (:func:`train_ddpm`) that the Ray Train wrapper calls unchanged; the model is saved in diffusers'
-``save_pretrained`` layout so users can ``UNet2DModel.from_pretrained(path / "unet")``.
+``save_pretrained`` layout so users can ``LucidUnet.from_pretrained(path / "unet")``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -17,43 +19,65 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
+from torch.utils.flop_counter import FlopCounterMode
 
 from dia_ray.algo.resolution import to_ddpm, to_float01
-from dia_ray.config import DDPMConfig
+from dia_ray.algo.unet import LucidUnet
+from dia_ray.config import DDPMConfig, UNetConfig
 
 log = logging.getLogger(__name__)
 
 DDPM_META = "dia_ray_ddpm.json"
 
 
-def build_unet(cfg: DDPMConfig) -> UNet2DModel:
-    """The §2.1 [IMPL] recipe: attention at levels whose map is <= ``attention_max_size`` px, plain blocks above."""
+def build_unet(cfg: DDPMConfig) -> LucidUnet:
+    """The reference's UNet (§2.1) at ``cfg.resolution``; ``cfg.unet`` defaults give its 36.25 M parameters."""
     u = cfg.unet
-    sizes = [cfg.resolution // 2**i for i in range(len(u.block_out_channels))]
-    down = tuple("AttnDownBlock2D" if s <= u.attention_max_size else "DownBlock2D" for s in sizes)
-    up = tuple(b.replace("Down", "Up") for b in reversed(down))
-    return UNet2DModel(
+    return LucidUnet(
         sample_size=cfg.resolution,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=u.layers_per_block,
         block_out_channels=tuple(u.block_out_channels),
-        down_block_types=down,
-        up_block_types=up,
+        layers_per_block=u.layers_per_block,
         norm_num_groups=u.norm_num_groups,
-        act_fn="silu",
-        resnet_time_scale_shift="scale_shift",
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=1,
+        attention_heads=u.attention_heads,
         attention_head_dim=u.attention_head_dim,
-        add_attention=True,
-        downsample_type="conv",
-        upsample_type="conv",
-        dropout=0.0,
+        attention_max_size=u.attention_max_size,
     )
+
+
+@dataclass(frozen=True)
+class DDPMCost:
+    """Compute of one DDPM configuration: ``params``; ``forward_flops`` and ``train_flops`` (forward + backward) per
+    image at ``cfg.resolution``, in FLOPs (a multiply-add = 2); ``train_flops_per_step`` = train_flops ×
+    ``cfg.images_per_step`` (all workers together)."""
+
+    params: int
+    forward_flops: int
+    train_flops: int
+    train_flops_per_step: int
+
+
+def ddpm_cost(cfg: DDPMConfig) -> DDPMCost:
+    """Count (not time) the DDPM's cost with torch's FlopCounterMode on one image, on the meta device (no memory, no
+    arithmetic): convolutions, matmuls/einsums and linear layers, i.e. everything but element-wise work."""
+    params, forward, backward = _unet_cost(cfg.resolution, cfg.unet)
+    train = forward + backward
+    return DDPMCost(params=params, forward_flops=forward, train_flops=train,
+                    train_flops_per_step=train * cfg.images_per_step)
+
+
+@functools.lru_cache(maxsize=16)
+def _unet_cost(resolution: int, unet_cfg: UNetConfig) -> tuple[int, int, int]:
+    with torch.device("meta"):
+        unet = build_unet(DDPMConfig(resolution=resolution, unet=unet_cfg))
+        x = torch.zeros(1, 3, resolution, resolution)
+        t = torch.zeros(1, dtype=torch.long)
+    with FlopCounterMode(display=False) as forward:
+        out = unet(x, t).sample
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    return sum(p.numel() for p in unet.parameters()), forward.get_total_flops(), backward.get_total_flops()
 
 
 def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
@@ -67,7 +91,7 @@ def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     )
 
 
-def make_ema(unet: UNet2DModel, cfg: DDPMConfig) -> EMAModel:
+def make_ema(unet: LucidUnet, cfg: DDPMConfig) -> EMAModel:
     """ema-pytorch semantics (§2.3): plain copy until ``ema_update_after``, then decay
     min(0.995, 1 - (1 + n)^(-2/3)), updated every ``ema_update_every`` optimiser steps (see :func:`ema_update`)."""
     return EMAModel(
@@ -77,7 +101,7 @@ def make_ema(unet: UNet2DModel, cfg: DDPMConfig) -> EMAModel:
         use_ema_warmup=True,
         inv_gamma=1.0,
         power=2 / 3,
-        model_cls=UNet2DModel,
+        model_cls=type(unet),
         model_config=unet.config,
     )
 
@@ -114,7 +138,7 @@ def ddpm_loss(
 class DDPMState:
     """Everything a resumed run needs: model, EMA, optimiser, step and the data RNG."""
 
-    unet: UNet2DModel
+    unet: LucidUnet
     ema: EMAModel
     optimizer: torch.optim.Optimizer
     step: int = 0
@@ -147,18 +171,20 @@ def new_state(cfg: DDPMConfig, device: torch.device | str = "cpu") -> DDPMState:
     return DDPMState(unet=unet, ema=ema, optimizer=opt)
 
 
-def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """One RNG stream per optimiser step, identical on every data-parallel rank: each rank draws the randomness of
-    the *global* batch and keeps its own slice, so N workers compute exactly what 1 worker does on the whole batch."""
+def step_generator(seed: int, micro: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """One RNG stream per micro-batch, identical on every data-parallel rank: each rank draws the randomness of the
+    *global* micro-batch and keeps its own slice, so N workers compute exactly what 1 worker does."""
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + step)
+    g.manual_seed(seed * 1_000_003 + micro)
     return g
 
 
-def global_batch_indices(n_images: int, global_batch: int, step: int, seed: int) -> torch.Tensor:
-    """Indices of the global batch for ``step``: a fresh permutation every epoch (sampling without replacement)."""
+def global_batch_indices(n_images: int, global_batch: int, micro: int, seed: int) -> torch.Tensor:
+    """Indices of micro-batch ``micro`` (counted over the run): full batches, a fresh permutation every pass over the
+    images (sampling without replacement; the remainder of a pass is skipped). A set smaller than the batch is
+    repeated to fill it — the reference's loader would give a short batch instead."""
     per_epoch = max(1, n_images // global_batch) if n_images >= global_batch else 1
-    epoch, pos = divmod(step, per_epoch)
+    epoch, pos = divmod(micro, per_epoch)
     g = torch.Generator().manual_seed(seed * 7919 + epoch)
     perm = torch.randperm(n_images, generator=g)
     if n_images < global_batch:  # tiny datasets: repeat the permutation
@@ -190,32 +216,34 @@ def train_ddpm(
 ) -> DDPMState:
     """Train from ``state.step`` to ``cfg.steps`` (or ``until_step``) on the normal training images.
 
-    images_u8: (N, H, W, 3) uint8, the normal training images. The global batch (``cfg.global_batch``) is split in
-    ``grad_accum`` micro-batches and across ``world_size`` ranks; loss of each micro-batch is divided by grad_accum
-    (§2.3). ``on_step`` is called after every optimiser step (checkpointing, metrics) with the state and metrics.
+    images_u8: (N, H, W, 3) uint8, what the DDPM trains on (:func:`dia_ray.data.ddpm_images`). Each optimiser step
+    accumulates ``grad_accum`` micro-batches of ``cfg.global_batch`` images (the reference's trainer fetches a full
+    batch per accumulation step, §2.3), each micro-batch split across the ``world_size`` ranks and its loss divided
+    by grad_accum. Micro-batch u = step·grad_accum + m draws its images, flips, noise and t from its own stream
+    (:func:`step_generator`), so N ranks compute what one process does. ``on_step`` is called after every optimiser
+    step (checkpointing, metrics) with the state and metrics.
     """
     device = torch.device(device)
     scheduler = build_scheduler(cfg.num_train_timesteps)
     unet = state.unet
     unet.train()
     gb = cfg.global_batch
-    if gb % (world_size * cfg.grad_accum):
-        raise ValueError(f"global batch {gb} must divide by workers x grad_accum = {world_size * cfg.grad_accum}")
-    micro = gb // cfg.grad_accum
+    if gb % world_size:
+        raise ValueError(f"DDPM batch {gb} must divide by the number of workers {world_size}")
+    shard = _rank_slice(gb, rank, world_size)
     last = min(cfg.steps, until_step or cfg.steps)
     t0, seen = time.perf_counter(), 0
     while state.step < last:
-        g = step_generator(cfg.seed, state.step)
-        idx = global_batch_indices(len(images_u8), gb, state.step, cfg.seed)
-        x = prepare_ddpm_batch(images_u8[idx], cfg.resolution, g, cfg.hflip)
-        noise = torch.randn(x.shape, generator=g)
-        tsteps = torch.randint(0, cfg.num_train_timesteps, (gb,), generator=g)
         state.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for m in range(cfg.grad_accum):
-            sl = slice(m * micro, (m + 1) * micro)
-            shard = _rank_slice(micro, rank, world_size)
-            xm, nm, tm = (a[sl][shard].to(device) for a in (x, noise, tsteps))
+            micro = state.step * cfg.grad_accum + m
+            g = step_generator(cfg.seed, micro)
+            idx = global_batch_indices(len(images_u8), gb, micro, cfg.seed)
+            x = prepare_ddpm_batch(images_u8[idx], cfg.resolution, g, cfg.hflip)
+            noise = torch.randn(x.shape, generator=g)
+            tsteps = torch.randint(0, cfg.num_train_timesteps, (gb,), generator=g)
+            xm, nm, tm = (a[shard].to(device) for a in (x, noise, tsteps))
             loss = ddpm_loss(unet, scheduler, xm, noise=nm, timesteps=tm) / cfg.grad_accum
             loss.backward()
             total += float(loss.detach())
@@ -224,7 +252,7 @@ def train_ddpm(
         state.step += 1
         ema_update(state.ema, unet.module if hasattr(unet, "module") else unet, state.step, cfg)
         state.losses.append(total)
-        seen += gb
+        seen += cfg.images_per_step
         if on_step is not None:
             dt = time.perf_counter() - t0
             on_step(state, {"step": state.step, "loss": total, "images_per_s": seen / dt if dt > 0 else 0.0})
@@ -251,14 +279,14 @@ def save_ddpm(path: str | Path, state: DDPMState, cfg: DDPMConfig, extra: dict[s
 
 
 def load_ddpm(path: str | Path, *, use_ema: bool = False, device: torch.device | str = "cpu"
-              ) -> tuple[UNet2DModel, DDPMScheduler, dict[str, Any]]:
+              ) -> tuple[LucidUnet, DDPMScheduler, dict[str, Any]]:
     """(unet in eval mode, scheduler, metadata). Raises ``FileNotFoundError``/``ValueError`` on a broken folder."""
     path = Path(path)
     meta_file = path / DDPM_META
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a dia-ray DDPM folder (no {DDPM_META})")
     meta = json.loads(meta_file.read_text())
-    unet = UNet2DModel.from_pretrained(path / ("unet_ema" if use_ema else "unet"))
+    unet = LucidUnet.from_pretrained(path / ("unet_ema" if use_ema else "unet"))
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     unet.eval().requires_grad_(False)
     return unet.to(device), scheduler, meta

@@ -100,16 +100,38 @@ class DiffusionDissolver:
             return dissolve(self.unet, y, t, self.alphas_cumprod, self.input_range)
 
 
+# OpenCV's getGaussianKernel(k, sigma <= 0) returns these fixed tables for k = 1, 3, 5, 7 (its small_gaussian_tab;
+# k = 7 is not binomial) and uses the sigma formula only for other k (§3.5).
+OPENCV_SMALL_GAUSSIAN: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    3: (1 / 4, 2 / 4, 1 / 4),
+    5: (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16),
+    7: (2 / 64, 7 / 64, 14 / 64, 18 / 64, 14 / 64, 7 / 64, 2 / 64),
+}
+
+
 def gaussian_sigma(kernel_size: int) -> float:
-    """OpenCV's sigma for sigma = 0: 0.3·((k−1)/2 − 1) + 0.8 (k=3 → 0.8, 7 → 1.4, 11 → 2.0)."""
+    """OpenCV's sigma for sigma = 0: 0.3·((k−1)/2 − 1) + 0.8 (k=11 → 2.0); used by OpenCV only for k > 7."""
     return 0.3 * ((kernel_size - 1) / 2 - 1) + 0.8
 
 
+def gaussian_kernel1d(kernel_size: int) -> torch.Tensor:
+    """OpenCV's ``getGaussianKernel(k, 0)`` as float64 (k,): the fixed table for k ≤ 7, else exp(−x²/2σ²) sampled
+    at x = i − (k−1)/2 with σ = :func:`gaussian_sigma`, normalised to sum 1."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"Gaussian kernel size must be odd and positive, got {kernel_size}")
+    if kernel_size in OPENCV_SMALL_GAUSSIAN:
+        return torch.tensor(OPENCV_SMALL_GAUSSIAN[kernel_size], dtype=torch.float64)
+    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * gaussian_sigma(kernel_size) ** 2))
+    return g / g.sum()
+
+
 def gaussian_blur(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Per-channel Gaussian blur with ZERO padding (the reference's conv2d, padding k//2)."""
-    k1 = kornia.filters.get_gaussian_kernel1d(kernel_size, gaussian_sigma(kernel_size), device=x.device,
-                                              dtype=x.dtype).reshape(-1)
-    k2 = (k1.view(-1, 1) * k1.view(1, -1)).view(1, 1, kernel_size, kernel_size)
+    """Per-channel blur with the outer product of :func:`gaussian_kernel1d` and ZERO padding (the reference's
+    conv2d, padding k//2)."""
+    k1 = gaussian_kernel1d(kernel_size)
+    k2 = torch.outer(k1, k1).to(device=x.device, dtype=x.dtype).view(1, 1, kernel_size, kernel_size)
     c = x.shape[1]
     return F.conv2d(x, k2.expand(c, 1, kernel_size, kernel_size), padding=kernel_size // 2, groups=c)
 

@@ -29,6 +29,7 @@ from dia_ray.config import TrainConfig
 log = logging.getLogger(__name__)
 
 N_SHIFTS = 4
+REFERENCE_RESEED = 2**40  # seed of the reference_rng streams, far from the seeds runs use
 
 
 @dataclass
@@ -108,6 +109,23 @@ def new_dia_state(cfg: TrainConfig, device: torch.device | str = "cpu", rank: in
     return DIAState(model=model, optimizer=opt, generator=gen)
 
 
+def reseed_like_reference(state: DIAState, cfg: TrainConfig, rank: int = 0) -> None:
+    """``reference_rng``: after an evaluation the reference's global RNGs are left as its last ``set_random_seed(s)``
+    (s = S − 1, the same at every evaluation and in every run) made them. All training randomness here comes from
+    ``state.generator`` and the epoch sampler (:func:`sampler_epoch_seed`), so resetting those is the equivalent."""
+    state.generator.manual_seed(REFERENCE_RESEED + cfg.eval.samples - 1 + 7919 * rank)
+
+
+def sampler_epoch_seed(epoch: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(epoch, seed) keys of the shuffle of 0-based ``epoch``. ``reference_rng``: an epoch that follows an evaluation
+    (after epoch e with e % eval.every == 0) counts from that evaluation under a fixed seed, so the epochs after
+    every evaluation replay the same shuffles; otherwise every epoch of every seed gets its own."""
+    since_eval = epoch % cfg.eval.every
+    if cfg.reference_rng and epoch - since_eval > 0:
+        return since_eval, REFERENCE_RESEED
+    return epoch, cfg.seed
+
+
 def loader_length(n_images: int, batch: int) -> int:
     return max(1, math.ceil(n_images / batch))
 
@@ -182,7 +200,8 @@ def train_epoch(state: DIAState, data: DIAData, cfg: TrainConfig, dissolver: Dis
     length = loader_length(n, b)
     sums = {"loss": 0.0, "loss_sim": 0.0, "loss_shift": 0.0}
     iters, t0 = 0, time.perf_counter()
-    for it, idx in enumerate(epoch_batches(n, b, state.epoch, cfg.seed, cfg.max_iters_per_epoch, rank, world)):
+    epoch_key, seed_key = sampler_epoch_seed(state.epoch, cfg)
+    for it, idx in enumerate(epoch_batches(n, b, epoch_key, seed_key, cfg.max_iters_per_epoch, rank, world)):
         x = to_float01(data.train[idx]).to(device)
         views, labels, n_branches = build_views(x, idx, cfg, dissolver, state.generator)
         loss, parts = contrastive_loss(model, views, labels, n_branches, cfg)
@@ -235,7 +254,10 @@ def fit(cfg: TrainConfig, data: DIAData, dissolver: Dissolver | None, *, device:
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         metrics: dict[str, Any] = train_epoch(state, data, cfg, dissolver, device=device, rank=rank, world=world)
-        if rank == 0 and (state.epoch % cfg.eval.every == 0 or state.epoch == cfg.epochs):
+        due = state.epoch % cfg.eval.every == 0 or state.epoch == cfg.epochs
+        if cfg.reference_rng and due:
+            reseed_like_reference(state, cfg, rank)  # every rank, so all replay together
+        if rank == 0 and due:
             score, scores = evaluate(state.model, data, cfg, device)
             state.last_auroc, state.last_scores = score, scores.tolist()
             if not (state.best_auroc >= score):  # also replaces the initial NaN

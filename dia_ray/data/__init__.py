@@ -6,7 +6,8 @@ image folders, a fine-grained synthetic generator, and one loader giving the one
 """
 
 from dia_ray.data.check import check_data
-from dia_ray.data.loading import ImageSplit, LoadedDataset, default_data_root, load_dataset, prepare
+from dia_ray.data.loading import (ImageSplit, LoadedDataset, ddpm_images, default_data_root, load_dataset,
+                                  prepare)
 from dia_ray.data.registry import (
     FOLDER,
     PAPER_DATASETS,
@@ -26,6 +27,7 @@ __all__ = [
     "ImageSplit",
     "LoadedDataset",
     "check_data",
+    "ddpm_images",
     "default_data_root",
     "get_spec",
     "known_names",

@@ -2,6 +2,8 @@
 
 Images (png/jpg/jpeg/bmp/tif/tiff, grey or RGB, any size) are decoded with PIL, converted to RGB and resized to
 ``image_size`` with bilinear filtering, as the reference's ``Resize((224, 224))`` on PIL images (ALGORITHM.md §6).
+The DDPM's images (``resample="tensor"``) are the source images resized straight to its resolution r the way the
+reference's DDPM trainer does it: ToTensor, then a bilinear tensor resize without antialiasing (§2.3).
 Decoding a folder dataset is slow, so the decoded arrays are cached once per (dataset, size, file list) as an .npz in
 ``<data_root>/.dia-ray-cache/``: the key fingerprints every file's path, size and mtime, so adding, removing or
 editing an image builds a new cache; the file is written to a temporary name and renamed (never read half-written).
@@ -17,6 +19,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from dia_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
+Resample = Literal["pil", "tensor"]  # PIL bilinear (the learner's images) / torch bilinear, no antialias (DDPM's)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 CACHE_DIR = ".dia-ray-cache"
 _CACHE_VERSION = 1  # bump when decoding changes: old caches are then never matched
@@ -114,16 +118,19 @@ def stratified_split(files_by_class: dict[str, list[str]], test_fraction: float,
     return rows
 
 
-def load_images(spec: DatasetSpec, listing: FolderListing, keep: np.ndarray, data_root: Path) -> np.ndarray:
-    """uint8 (K, S, S, 3) images of ``listing.files[keep]`` at ``spec.image_size``, from the cache when valid."""
+def load_images(spec: DatasetSpec, listing: FolderListing, keep: np.ndarray, data_root: Path, *,
+                size: int | None = None, resample: Resample = "pil") -> np.ndarray:
+    """uint8 (K, S, S, 3) images of ``listing.files[keep]`` at ``size`` (default ``spec.image_size``), from the
+    cache when valid. ``resample`` says how a source image is resized (see :func:`decode_image`)."""
     files = listing.files[keep]
-    size = spec.image_size
-    digest = hashlib.sha256(f"v{_CACHE_VERSION}|{spec.name}|{listing.directory.resolve()}|{size}\n".encode())
+    size = size or spec.image_size
+    kind = f"{size}px" if resample == "pil" else f"{resample}{size}px"
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}|{spec.name}|{listing.directory.resolve()}|{kind}\n".encode())
     for f in files:
         st = (listing.directory / f).stat()
         digest.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     cache_dir = Path(data_root) / CACHE_DIR
-    cache = cache_dir / f"{spec.name}-{size}px-{digest.hexdigest()[:20]}.npz"
+    cache = cache_dir / f"{spec.name}-{kind}-{digest.hexdigest()[:20]}.npz"
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as npz:
@@ -132,11 +139,11 @@ def load_images(spec: DatasetSpec, listing: FolderListing, keep: np.ndarray, dat
                     return npz["images"]
         except Exception as err:  # noqa: BLE001  (an unreadable cache is rebuilt, never trusted)
             log.warning("ignoring unreadable cache %s (%s)", cache, err)
-    images = decode_images([listing.directory / f for f in files], size)
+    images = decode_images([listing.directory / f for f in files], size, resample)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_npz(cache, {"images": images, "files": files})
-        for old in cache_dir.glob(f"{spec.name}-{size}px-*.npz"):  # superseded file lists
+        for old in cache_dir.glob(f"{spec.name}-{kind}-*.npz"):  # superseded file lists
             if old != cache:
                 old.unlink(missing_ok=True)
     except OSError as err:
@@ -144,22 +151,26 @@ def load_images(spec: DatasetSpec, listing: FolderListing, keep: np.ndarray, dat
     return images
 
 
-def decode_images(paths: list[Path], size: int) -> np.ndarray:
-    """Decode, convert to RGB and resize (bilinear) every image; threads overlap PIL's GIL-free decoding."""
+def decode_images(paths: list[Path], size: int, resample: Resample = "pil") -> np.ndarray:
+    """Decode, convert to RGB and resize every image; threads overlap PIL's GIL-free decoding."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
     if not paths:
         return out
     start = time.perf_counter()
     log.info("decoding %d images at %d px (cached afterwards)", len(paths), size)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, arr in enumerate(pool.map(lambda p: decode_image(p, size), paths)):
+        for i, arr in enumerate(pool.map(lambda p: decode_image(p, size, resample), paths)):
             out[i] = arr
     log.info("decoded %d images in %.1f s", len(paths), time.perf_counter() - start)
     return out
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file → uint8 (size, size, 3). 16-bit / float images are min-max scaled to 8 bit first."""
+def decode_image(path: Path, size: int, resample: Resample = "pil") -> np.ndarray:
+    """One image file → uint8 (size, size, 3). 16-bit / float images are min-max scaled to 8 bit first.
+
+    ``pil``: PIL's bilinear resize (antialiased when shrinking), as the reference's ``Resize((224, 224))`` on PIL
+    images. ``tensor``: the reference DDPM trainer's ToTensor → bilinear tensor resize (align_corners=False, no
+    antialias, torchvision 0.12), rounded back to uint8."""
     from PIL import Image
 
     try:
@@ -171,8 +182,21 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                 arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
                 img = Image.fromarray(np.round(arr).astype(np.uint8))
             rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot decode image ({err}); replace or delete the file") from None
+    if rgb.size == (size, size):
+        return np.asarray(rgb, dtype=np.uint8)
+    if resample == "pil":
+        return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return tensor_resize(np.asarray(rgb, dtype=np.uint8)[None], size)[0]
+
+
+def tensor_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) → uint8 (N, size, size, 3): ToTensor, bilinear resize (align_corners=False, no antialias),
+    rounded back to 8 bit."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.require(images, requirements=("C", "W"))).permute(0, 3, 1, 2).float() / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return (x.permute(0, 2, 3, 1) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()

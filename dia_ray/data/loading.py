@@ -147,6 +147,41 @@ def load_dataset(name: str, data_root, *, normal_class: str | None = None, image
     return LoadedDataset(spec, train, test, Path(source), split_info)
 
 
+def ddpm_images(name: str, data_root, resolution: int, *, normal_class: str | None = None,
+                image_size: int | None = None, whole_folder: bool = False, generate_missing: bool = True,
+                seed: int = 0) -> np.ndarray:
+    """uint8 (N, r, r, 3): exactly the images the DDPM of dataset ``name`` trains on at resolution r, before its
+    random flip (ALGORITHM.md §2.3). A driver-side pure function of the files on disk.
+
+    MedMNIST (``image_size`` picks the file, as for :func:`load_dataset`): the normal training images zero-padded
+    28 → 32 (r must be 32), other sizes resized like folder images. Folder datasets: the normal training images'
+    SOURCE files resized straight to r (ToTensor + bilinear tensor resize without antialias, as the reference; not
+    the learner's 224 px cache), cached like the learner's images.
+    ``whole_folder``: the reference's SARS-COV-2 quirk — normal images of every split, test included.
+    """
+    spec = _spec(name, normal_class)
+    root = Path(data_root).expanduser()
+    if spec.is_medmnist:
+        if whole_folder:
+            raise DataError(f"{name}: whole_folder (the SARS-COV-2 DDPM quirk) applies to folder datasets only")
+        images = load_dataset(name, root, normal_class=normal_class, image_size=image_size,
+                              generate_missing=generate_missing, seed=seed).train.images
+        size = images.shape[1]
+        if size == 28:
+            if resolution != 32:
+                raise DataError(f"{name}: 28 px images train a DDPM at 32 px (zero pad 2), not {resolution}")
+            return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+        return images if size == resolution else folders.tensor_resize(images, resolution)
+    if spec.synthetic and generate_missing and not source_path(spec, root).exists():
+        root.mkdir(parents=True, exist_ok=True)
+        _generate(spec, root, seed)
+    listing = folders.scan(spec, root)
+    normal = resolve_normal_classes(spec, listing.classes)
+    _require_normal(normal, listing.classes[listing.splits == "train"], listing.directory)
+    keep = np.isin(listing.classes, normal) & ((listing.splits == "train") | whole_folder)
+    return folders.load_images(spec, listing, keep, root, size=resolution, resample="tensor")
+
+
 def resolve_normal_classes(spec: DatasetSpec, present: np.ndarray) -> tuple[str, ...]:
     """The normal classes actually used: the spec's, except Kvasir's raw 8-folder layout (see load_dataset)."""
     classes = set(np.unique(present).tolist())

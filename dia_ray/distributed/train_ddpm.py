@@ -55,10 +55,13 @@ def _worker(config: dict[str, Any]) -> None:
     from ray.train.torch import prepare_model
 
     from dia_ray.algo.ddpm import new_state, save_ddpm, train_ddpm
+    from dia_ray.data import ddpm_images  # issue 14: exactly what the DDPM trains on (folders: sources → r)
 
     device = worker_device(config)
     cfg = DDPMConfig.model_validate(config["ddpm"])
-    images = torch.from_numpy(DataRef(**config["data"]).load().train.images)
+    ref = DataRef(**config["data"])
+    images = torch.from_numpy(ddpm_images(ref.dataset, ref.data_root, cfg.resolution, normal_class=ref.normal_class,
+                                          image_size=ref.image_size, whole_folder=cfg.whole_folder))
     state = new_state(cfg, device)
     rank, world, starts, _ = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "step")
     if world > 1:

@@ -98,13 +98,12 @@ def test_second_build_is_a_no_op_that_starts_no_dataset(pool_bank, ddpm, ref, mo
 
 
 def test_training_with_the_bank_runs_no_unet(pool_bank, ddpm, ref, monkeypatch):
-    from diffusers import UNet2DModel
-
     from dia_ray.algo import dissolve as dissolve_mod
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.algo.dissolve import BankDissolver, DiffusionDissolver
     from dia_ray.algo.loops import DIAData, fit
     from dia_ray.algo.resolution import to_float01
+    from dia_ray.algo.unet import LucidUnet
     from dia_ray.distributed.pipeline import train_config
 
     _, info = pool_bank
@@ -118,7 +117,7 @@ def test_training_with_the_bank_runs_no_unet(pool_bank, ddpm, ref, monkeypatch):
     def no_unet(*args, **kwargs):
         raise AssertionError("a UNet ran during bank-mode training")
 
-    monkeypatch.setattr(UNet2DModel, "forward", no_unet)
+    monkeypatch.setattr(LucidUnet, "forward", no_unet)
     monkeypatch.setattr(dissolve_mod, "dissolve", no_unet)
     dissolver = BankDissolver(load_bank_versions(info.path, N_TRAIN))
     banked = dissolver(x, idx, 4, torch.Generator().manual_seed(0))

@@ -31,9 +31,9 @@ def tiny_ddpm(**kw) -> DDPMConfig:
 
 
 def unet_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from diffusers import UNet2DModel
+    from dia_ray.algo.unet import LucidUnet
 
-    return UNet2DModel.from_pretrained(model_dir / "unet").state_dict()
+    return LucidUnet.from_pretrained(model_dir / "unet").state_dict()
 
 
 def test_ddpm_two_workers_match_one_worker_on_the_global_batch(ray_cluster, synthetic_root, tmp_path):
@@ -59,13 +59,14 @@ def unet_weights_init(cfg: DDPMConfig) -> dict[str, torch.Tensor]:
 
 
 def test_saved_ddpm_round_trips_through_from_pretrained(ray_cluster, synthetic_root, tmp_path):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
     from dia_ray.algo.ddpm import load_ddpm
+    from dia_ray.algo.unet import LucidUnet
 
     path = train_ddpm_ray(DataRef("synthetic", str(synthetic_root)), tiny_ddpm(), tmp_path, workers=0)
-    unet = UNet2DModel.from_pretrained(path / "unet")
-    ema = UNet2DModel.from_pretrained(path / "unet_ema")
+    unet = LucidUnet.from_pretrained(path / "unet")
+    ema = LucidUnet.from_pretrained(path / "unet_ema")
     sched = DDPMScheduler.from_pretrained(path / "scheduler")
     assert sched.config.beta_schedule == "squaredcos_cap_v2" and sched.config.num_train_timesteps == 1000
     ours, _, meta = load_ddpm(path)

@@ -223,3 +223,32 @@ def test_simclr_augment_is_reproducible_per_seed():
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     assert simclr_augment(x, None, crop_scale=(0.54, 1.0)).shape == x.shape
+
+
+def test_simclr_augment_is_jitter_then_grey_then_crop_in_draw_order():
+    """§4.3: A = colour jitter → random greyscale → random resized crop, each drawing from the one generator in that
+    order. The composition in that order reproduces A bit for bit; every other order does not."""
+    x = torch.rand(32, 3, 28, 28)
+    got = simclr_augment(x, _gen(11))
+
+    def compose(order):
+        g = _gen(11)
+        y = x
+        for op in order:
+            y = op(y, g)
+        return y
+
+    jitter, grey, crop = color_jitter, random_grayscale, random_resized_crop
+    assert torch.equal(got, compose((jitter, grey, crop)))
+    for order in ((grey, jitter, crop), (crop, jitter, grey), (jitter, crop, grey)):
+        assert not torch.allclose(got, compose(order))
+
+
+def test_training_and_evaluation_crop_scale_ranges():
+    """Training crops draw area fractions from (0.08, 1); the CSI evaluation's from (0.54, 1) (§4.3, §5)."""
+    for scale, lo in (((0.08, 1.0), 0.08), ((0.54, 1.0), 0.54)):
+        theta = inception_crop_theta(4000, 224, 224, _gen(12), scale=scale)
+        w, h = (theta[:, 0, 0] * 224).numpy(), (theta[:, 1, 1] * 224).numpy()
+        frac = w * h / 224**2
+        assert np.all(w * h >= lo * 224**2 - (w + h) / 2 - 1) and frac.max() <= 1.0
+        assert np.quantile(frac, 0.02) < lo + 0.03  # the lower end of the range is reached

@@ -19,6 +19,7 @@ from dia_ray.algo.dissolve import (
     DiffusionDissolver,
     dissolve,
     gaussian_blur,
+    gaussian_kernel1d,
     gaussian_sigma,
     make_dissolver,
     median_blur,
@@ -316,9 +317,29 @@ def test_no_gradient_reaches_the_ddpm_through_a_training_step():
 
 # ------------------------------------------------------------------------------------- heuristic blurs (3.5)
 
-@pytest.mark.parametrize("k, sigma", [(3, 0.8), (7, 1.4), (11, 2.0)])
-def test_gaussian_sigma_is_opencv_formula(k, sigma):
-    assert gaussian_sigma(k) == pytest.approx(sigma)
+@pytest.mark.parametrize("k, taps", [
+    (3, [1, 2, 1]), (5, [1, 4, 6, 4, 1]), (7, [2, 7, 14, 18, 14, 7, 2]),
+])
+def test_small_gaussian_kernels_are_opencv_fixed_tables(k, taps):
+    """cv2.getGaussianKernel(k, 0) for odd k <= 7 is OpenCV's small_gaussian_tab, not the sigma formula (§3.5)."""
+    kernel = gaussian_kernel1d(k)
+    assert kernel.tolist() == [t / sum(taps) for t in taps]  # exact: dyadic fractions
+    if k == 7:
+        assert kernel[3] == 0.28125  # vs 0.2855 from the sigma formula (sigma 1.4)
+
+
+def test_kernel_11_uses_the_sigma_formula():
+    sigma = 0.3 * ((11 - 1) * 0.5 - 1) + 0.8
+    assert sigma == pytest.approx(2.0) and gaussian_sigma(11) == pytest.approx(sigma)
+    raw = [math.exp(-((i - 5) ** 2) / (2 * sigma**2)) for i in range(11)]
+    expected = [v / math.fsum(raw) for v in raw]
+    assert gaussian_kernel1d(11).tolist() == pytest.approx(expected, rel=1e-12)
+    assert sum(expected) == pytest.approx(1.0) and expected[5] == pytest.approx(0.200565, abs=1e-6)
+
+
+def test_even_kernel_sizes_are_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        gaussian_kernel1d(4)
 
 
 def _loop_conv_zero_pad(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -339,11 +360,14 @@ def _loop_conv_zero_pad(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("k", [3, 7, 11])
-def test_gaussian_blur_equals_zero_padded_loop_convolution(k):
+@pytest.mark.parametrize("k, taps", [(3, [1, 2, 1]), (7, [2, 7, 14, 18, 14, 7, 2]), (11, None)])
+def test_gaussian_blur_equals_zero_padded_loop_convolution(k, taps):
     img = np.random.default_rng(k).random((2, 9, 10))
-    sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8
-    g = np.exp(-((np.arange(k) - (k - 1) / 2) ** 2) / (2 * sigma**2))
+    if taps is None:
+        sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8
+        g = np.exp(-((np.arange(k) - (k - 1) / 2) ** 2) / (2 * sigma**2))
+    else:
+        g = np.array(taps, dtype=np.float64)
     g /= g.sum()
     expected = _loop_conv_zero_pad(img, np.outer(g, g))
     out = gaussian_blur(torch.from_numpy(img).float()[None], k)[0].double().numpy()

@@ -13,7 +13,6 @@ import torch
 
 from dia_ray.algo import ddpm, loops
 from dia_ray.algo.dissolve import BlurDissolver, gaussian_blur, make_dissolver
-from dia_ray.algo.lars import lr_at
 from dia_ray.algo.loops import (
     DIAData,
     build_views,
@@ -36,7 +35,7 @@ from dia_ray.config import (
 from dia_ray.data import load_dataset
 
 K = 4
-TINY_UNET = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=8)
+TINY_UNET = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_heads=2, attention_head_dim=8)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -171,15 +170,79 @@ def test_first_iteration_runs_at_base_lr_and_lr_rises_during_warmup():
 
 
 def test_lr_is_set_after_each_step_from_the_fractional_epoch_like_the_reference():
-    """§4.7 and lars.lr_at: the reference calls scheduler.step(epoch − 1 + n/L) AFTER optimizer.step, so the update of
-    iteration 0 uses 0.1 and the update following iteration n uses lr(epoch + n/L) — including across the epoch
-    boundary of a truncated epoch (L = full loader length = 3 here, 2 iterations run per epoch)."""
-    cfg = TrainConfig(dataset="synthetic", method="csi", batch_size=2, epochs=2, max_iters_per_epoch=2)
+    """§4.7: the reference calls scheduler.step(epoch − 1 + n/L) AFTER optimizer.step, so the update of iteration 0
+    uses 0.1 and the update following iteration n uses the warm-up value 0.1·(1 + 9e/10) at e = epoch + n/L —
+    including across the epoch boundary of a truncated epoch (L = full loader length = 3 here, 2 iterations run per
+    epoch). Expected values written out from the closed form, not from lars.lr_at."""
+    cfg = TrainConfig(dataset="synthetic", method="csi", batch_size=2, epochs=2, max_iters_per_epoch=3)
     used = _lr_trace(cfg, _small_data(), epochs=2)
-    length = 3
-    run = [(e, n) for e in range(2) for n in range(2)]
-    expected = [0.1] + [lr_at(e + n / length, cfg.optim) for e, n in run[:-1]]
-    assert used == pytest.approx(expected)
+    warm = lambda e: 0.1 * (1 + 9 * e / 10)  # noqa: E731
+    expected = [0.1, warm(0 + 0 / 3), warm(0 + 1 / 3), warm(0 + 2 / 3), warm(1 + 0 / 3), warm(1 + 1 / 3)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[1] == 0.1 and used[4] == pytest.approx(0.19)  # iteration 1 still at 0.1; epoch 1 starts at 0.19
+    cfg2 = cfg.model_copy(update={"max_iters_per_epoch": 2})  # truncated epochs: L stays the full loader length 3
+    used2 = _lr_trace(cfg2, _small_data(), epochs=2)
+    assert used2 == pytest.approx([0.1, warm(0), warm(1 / 3), warm(1 + 0 / 3)], rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- reference RNG (§10.10)
+
+class RecordingBlur(BlurDissolver):
+    """The real Gaussian dissolver, recording what it gets each call: the batch indices, the generator's state
+    (every later draw of the iteration — t-less flips here, augmentations after — follows from it) and its output."""
+
+    def __init__(self):
+        super().__init__("gaussian", 3)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x, idx, n_groups, generator):
+        state = generator.get_state().clone()
+        out = super().__call__(x, idx, n_groups, generator)
+        self.calls.append((idx.clone(), state, out.clone()))
+        return out
+
+
+def _epoch_draws(reference_rng: bool, every: int = 1, epochs: int = 3) -> list[list[tuple]]:
+    cfg = TrainConfig(dataset="synthetic", method="blur-gaussian", batch_size=4, epochs=epochs, max_iters_per_epoch=2,
+                      reference_rng=reference_rng, dissolve=DissolveConfig(kernel_size=3),
+                      eval=EvalConfig(samples=1, every=every, max_train_images=8))
+    blur = RecordingBlur()
+    fit(cfg, _small_data(n_train=12, n_test=8), blur)
+    per_epoch = 2
+    return [blur.calls[e * per_epoch : (e + 1) * per_epoch] for e in range(epochs)]
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return all(torch.equal(x, y) for ca, cb in zip(a, b) for x, y in zip(ca, cb))
+
+
+def test_reference_rng_replays_every_epoch_after_an_evaluation():
+    on = _epoch_draws(reference_rng=True)
+    assert _same(on[1], on[2])  # epochs 2 and 3: same shuffle, same generator state, same dissolved views
+    assert not _same(on[0], on[1])  # epoch 1 runs before any evaluation
+    off = _epoch_draws(reference_rng=False)
+    assert not any(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(off[1], off[2]))
+    assert _same(off[0], on[0])  # before the first evaluation the option changes nothing
+
+
+def test_reference_rng_replays_from_the_last_evaluation_when_evaluating_every_second_epoch():
+    on = _epoch_draws(reference_rng=True, every=2, epochs=5)
+    assert _same(on[2], on[4])  # epochs 3 and 5 follow the evaluations after epochs 2 and 4
+    assert not _same(on[2], on[3])  # epoch 4 continues the stream of epoch 3
+
+
+def test_reference_rng_stream_does_not_depend_on_the_run_seed():
+    """As in the reference, whose set_random_seed(s) values are the same in every run."""
+    cfg = lambda seed: TrainConfig(dataset="synthetic", method="blur-gaussian", batch_size=4, epochs=2,  # noqa: E731
+                                   max_iters_per_epoch=2, reference_rng=True, seed=seed,
+                                   dissolve=DissolveConfig(kernel_size=3),
+                                   eval=EvalConfig(samples=1, max_train_images=8))
+    draws = []
+    for seed in (0, 1):
+        blur = RecordingBlur()
+        fit(cfg(seed), _small_data(n_train=12, n_test=8), blur)
+        draws.append(blur.calls)
+    assert not _same(draws[0][:2], draws[1][:2]) and _same(draws[0][2:], draws[1][2:])
 
 
 # ------------------------------------------------------------------------------------------- whole tiny runs

@@ -193,3 +193,26 @@ def test_extract_features_averages_over_samples_of_unnormalised_projections(monk
     # with augmentation off, flips and rotations leave the channel means unchanged: z̄_k(x) = mean colour of x
     for k in range(K):
         assert torch.allclose(feats.z[k], x.mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_evaluation_uses_ten_samples_the_eval_crop_and_rotations_in_eval_mode(monkeypatch):
+    """Checklist 22 through loops.evaluate with the paper defaults: S = 10 samples of every image under the 4
+    rotations, augmented with crop scale (0.54, 1) — not the training (0.08, 1) — in eval mode."""
+    from dia_ray.algo.loops import DIAData, evaluate
+    from dia_ray.config import TrainConfig
+
+    scales = []
+    real = scoring.simclr_augment
+
+    def spy(views, gen, crop_scale):
+        scales.append(tuple(crop_scale))
+        return real(views, gen, crop_scale=crop_scale)
+
+    monkeypatch.setattr(scoring, "simclr_augment", spy)
+    model = RecordingModel().train()
+    data = DIAData.from_arrays(_images(6, seed=4), _images(8, seed=5), np.arange(8) % 2)
+    score, scores = evaluate(model, data, TrainConfig(dataset="synthetic"))
+    assert scales == [(0.54, 1.0)] * 20  # 10 samples for the train bank, 10 for the test set (one batch each)
+    assert [len(x) for x in model.inputs] == [6 * K] * 10 + [8 * K] * 10
+    assert not any(model.modes) and model.training
+    assert scores.shape == (8,) and 0.0 <= score <= 1.0
