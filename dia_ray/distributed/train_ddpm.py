@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dia_ray.algo.ddpm import DDPM_META
 from dia_ray.config import DDPMConfig, stable_hash
 from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoint, restore, validate_resume,
                                                worker_device)
 from dia_ray.distributed.dataref import DataRef
-from dia_ray.storage import Storage, open_storage
 from dia_ray.errors import CheckpointError
+from dia_ray.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +50,35 @@ def local_ddpm(location: str | os.PathLike) -> Path:
     return Storage(location).local_dir(commit=DDPM_META)
 
 
+def training_images(ref: DataRef, cfg: DDPMConfig):
+    """uint8 (N, r, r, 3): exactly what the DDPM trains on (:func:`dia_ray.data.ddpm_images`: folder datasets from
+    their source files straight to r). Read where the driver runs — the data root need not exist on worker nodes:
+    the images reach the Train workers through the object store."""
+    from dia_ray.data import ddpm_images
+    from dia_ray.distributed.dataref import local_data_root
+
+    root = local_data_root(ref.data_root, ref.dataset, ref.normal_class)
+    return ddpm_images(ref.dataset, root, cfg.resolution, normal_class=ref.normal_class, image_size=ref.image_size,
+                       whole_folder=cfg.whole_folder)
+
+
 def _worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker: the plain loop of dia_ray.algo.ddpm with checkpoint/restore around it."""
+    import ray
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from dia_ray.algo.ddpm import new_state, save_ddpm, train_ddpm
-    from dia_ray.data import ddpm_images  # issue 14: exactly what the DDPM trains on (folders: sources → r)
 
     device = worker_device(config)
     cfg = DDPMConfig.model_validate(config["ddpm"])
-    ref = DataRef(**config["data"])
-    images = torch.from_numpy(ddpm_images(ref.dataset, ref.data_root, cfg.resolution, normal_class=ref.normal_class,
-                                          image_size=ref.image_size, whole_folder=cfg.whole_folder))
+    images = config["images"]
+    if images is None:  # local mode without a Ray cluster: read them here
+        images = training_images(DataRef(**config["data"]), cfg)
+    elif not isinstance(images, np.ndarray):
+        images = ray.get(images)
+    images = torch.from_numpy(np.array(images))  # the object store's arrays are read-only
     state = new_state(cfg, device)
     rank, world, starts, _ = restore(state, config, device, STATE_FILE, PROGRESS_FILE, "step")
     if world > 1:
@@ -121,8 +138,11 @@ def train_ddpm_ray(
         return existing
     if force:
         st.delete("ddpm", key)
+    import ray
+
+    images = training_images(ref, cfg)
     config = {"ddpm": cfg.model_dump(mode="json"), "data": ref.as_dict(), "pid_dir": pid_dir,
-              "step_delay": step_delay}
+              "step_delay": step_delay, "images": ray.put(images) if ray.is_initialized() else None}
     run_name = f"ddpm-{key}"
     validate_resume(st, f"ddpm/{key}/{run_name}", STATE_FILE, (PROGRESS_FILE,))
     log.info("training DDPM %s: %d steps, global batch %d, %d worker(s)", key, cfg.steps, cfg.global_batch, workers)
