@@ -29,8 +29,9 @@ THROUGHPUT_ESTIMATE = {
 # A run on <= 64 px images keeps about this fraction of an A100 busy (estimate): four of them sharing one GPU each
 # go at 1 / (4 x 0.4) = 0.63 of their solo speed, i.e. the GPU does 2.5x the work it does with one run.
 SMALL_RUN_GPU_UTILISATION = 0.4
-# DDPM training, A100 (estimate): images/s of a fwd+bwd step of the paper's 36 M UNet at 32 px; cost ~ pixels.
-DDPM_A100_IMAGES_PER_S = 2000.0
+# DDPM training, A100 (estimate): effective FLOP/s on the UNet's training step (counted by dia_ray.algo.ddpm.ddpm_cost:
+# 5.67 TFLOP per paper step at 32 px, 512 images), i.e. ~1 A100-hour per 25k-step DDPM at 32 px.
+DDPM_A100_FLOPS = 40e12
 BANK_A100_IMAGES_PER_S = 4000.0  # one UNet forward per image and version (estimate)
 # (normal train images, test images) per dataset (ALGORITHM.md §6).
 DATASET_SIZES = {"pneumoniamnist": (1214, 624), "breastmnist": (399, 156), "covid": (861, 745),
@@ -133,14 +134,14 @@ def run_seconds_cpu(sweep: SweepFile, dataset: str, method: str, image_size: int
 
 def ddpm_seconds_a100(sweep: SweepFile, dataset: str) -> float:
     """DDPM training (+ bank building in bank mode) of one dataset on one A100, for every resolution swept."""
+    from dia_ray.algo.ddpm import ddpm_cost
     from dia_ray.distributed.pipeline import ddpm_config
     from dia_ray.distributed.sweep import resolutions
 
     total = 0.0
     for r in resolutions(sweep, dataset):
         cfg = ddpm_config(dataset, sweep.budget, resolution=r, **sweep.ddpm)
-        images = cfg.steps * cfg.global_batch * cfg.grad_accum
-        total += images / DDPM_A100_IMAGES_PER_S * (r / 32) ** 2
+        total += ddpm_cost(cfg).train_flops_per_step * cfg.steps / DDPM_A100_FLOPS
         if sweep.dissolve_mode == "bank":
             total += DATASET_SIZES.get(dataset, (600, 200))[0] * sweep.bank.versions / BANK_A100_IMAGES_PER_S
     return total
