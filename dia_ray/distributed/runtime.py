@@ -16,7 +16,9 @@ MAX_NODES_ENV = "DIA_RAY_MAX_NODES"  # set by the shipped cluster configs: 1 + t
 WORKER_RESOURCES_ENV = "DIA_RAY_WORKER_RESOURCES"  # and the resources of one such worker node, as JSON
 # The driver's settings its Ray workers must share: log level, and the fault-injection knobs of the tests (a slower
 # epoch, a bigger checkpoint). Never credentials: nodes get those from their own environment or role.
-FORWARDED_ENV = ("DIA_RAY_LOG_LEVEL", "DIA_RAY_EPOCH_DELAY", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES")
+FORWARDED_ENV = ("DIA_RAY_LOG_LEVEL", "DIA_RAY_EPOCH_DELAY", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES",
+                 # tracker settings (not credentials): W&B mode/folder/entity, MLflow's opt-in to its file store
+                 "WANDB_MODE", "WANDB_DIR", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_SILENT", "MLFLOW_ALLOW_FILE_STORE")
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -12,10 +12,6 @@ from typing import Any
 
 from dia_ray.errors import ConfigError
 
-# W&B settings of the user's shell that the cluster processes logging to W&B must share (mode offline/online, where
-# offline runs go, entity). Never the API key: nodes get it the usual way (`wandb login`, their own environment).
-WANDB_SETTINGS = ("WANDB_MODE", "WANDB_DIR", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_SILENT")
-
 
 def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> dict[str, Any]:
     """The tracker settings to pass on (``MLFLOW_TRACKING_URI`` counts as ``--mlflow-uri``); one line if a package
@@ -31,8 +27,7 @@ def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> dict[st
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--wandb-project needs the wandb package: pip install 'dia-ray[wandb]'") from None
-    wandb_env = {k: os.environ[k] for k in WANDB_SETTINGS if wandb_project and os.environ.get(k)}
-    return {"mlflow_uri": mlflow_uri, "wandb_project": wandb_project, "wandb_env": wandb_env}
+    return {"mlflow_uri": mlflow_uri, "wandb_project": wandb_project}
 
 
 def _file_store(uri: str) -> None:
@@ -41,11 +36,9 @@ def _file_store(uri: str) -> None:
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
 
 
-def tune_callbacks(sweep: str, dataset: str, mlflow_uri: str | None = None, wandb_project: str | None = None,
-                   wandb_env: dict[str, str] | None = None) -> list:
+def tune_callbacks(sweep: str, dataset: str, mlflow_uri: str | None = None, wandb_project: str | None = None) -> list:
     """Tune logger callbacks for one dataset's study of sweep ``sweep``."""
     out: list = []
-    os.environ.update(wandb_env or {})
     if mlflow_uri:
         _file_store(mlflow_uri)
         from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -79,10 +72,8 @@ class RunTracker:
     resume the same tracker runs after a restart instead of starting new ones."""
 
     def __init__(self, name: str, params: dict[str, Any], mlflow_uri: str | None, wandb_project: str | None,
-                 wandb_env: dict[str, str] | None = None, ids: dict[str, str] | None = None,
-                 experiment: str = "dia-ray-train"):
+                 ids: dict[str, str] | None = None, experiment: str = "dia-ray-train"):
         self.ids = dict(ids or {})
-        os.environ.update(wandb_env or {})
         self._mlflow = self._wandb = None
         if mlflow_uri:
             import mlflow
