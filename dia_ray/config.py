@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dia_ray.errors import ConfigError
 
+# Arithmetic of a training step / evaluation (dia_ray.algo.precision): fp32 is the paper's and the default; bf16 runs
+# the forward passes under autocast with fp32 master weights and fp32 loss reductions (issue 13).
+Precision = Literal["fp32", "bf16"]
+
 # Paper batch size per DDPM resolution (ALGORITHM.md §2.3).
 DDPM_BATCH_BY_RESOLUTION = {32: 256, 64: 128, 128: 32}
 
@@ -49,6 +53,7 @@ class DDPMConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(50, ge=1)
+    precision: Precision = "fp32"  # the paper trains the DDPM in fp32 ("AMP prevents convergence", §2.3)
 
     @property
     def global_batch(self) -> int:
@@ -70,7 +75,6 @@ class DissolveConfig(_Strict):
     blur_all_branches: bool = False  # True reproduces the reference code's bug (all three branches blurred)
     blur_resize_to_resolution: bool = False  # heuristics down/up-sample to `resolution` (paper Table 5)
     bank_versions: int = Field(8, ge=1)  # K dissolved versions per image in a bank
-    autocast_bf16: bool = False  # bf16 autocast for the dissolving UNet call (inference only)
 
     @model_validator(mode="after")
     def _range(self) -> "DissolveConfig":
@@ -127,6 +131,20 @@ class TrainConfig(_Strict):
     seed: int = 0
     max_train_images: int | None = None  # subsample the normal training set (None = all)
     max_test_images: int | None = None  # stratified subsample of the test set (None = all)
+    precision: Precision = "fp32"  # the whole step (ResNet, dissolving UNet) and the evaluation
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_autocast_flag(cls, data: Any) -> Any:
+        """``dissolve.autocast_bf16`` (bf16 for the dissolving UNet only) became ``precision``; configs that stored
+        its default still load, a config that switched it on is told what replaced it."""
+        dissolve = data.get("dissolve") if isinstance(data, dict) else None
+        if isinstance(dissolve, dict) and "autocast_bf16" in dissolve:
+            if dissolve["autocast_bf16"]:
+                raise ValueError("dissolve.autocast_bf16 was replaced by precision: bf16 (the whole step in bf16, "
+                                 "the dissolving UNet included)")
+            data = {**data, "dissolve": {k: v for k, v in dissolve.items() if k != "autocast_bf16"}}
+        return data
 
     @model_validator(mode="after")
     def _method_matches_dissolve(self) -> "TrainConfig":

@@ -1,0 +1,40 @@
+"""How a training step or evaluation computes: its arithmetic precision, ``fp32`` (the faithful default) or ``bf16``,
+and the memory layout of the images fed to the convolutional networks.
+
+bf16 is autocast around the *forward* passes only (the ResNet's, the dissolving UNet's, the DDPM's training forward):
+matmuls and convolutions run in bf16, autograd runs each backward op in its forward op's dtype, and the parameters
+stay fp32 (autocast casts copies, never the weights), so the optimiser updates fp32 master weights. Callers cast the
+network outputs back to fp32 (``.float()``) and leave the context before the losses, so every loss reduction — the
+similarity matrix, NT-Xent's exp/sum/log, the cross-entropy, the L1 — is computed in fp32. bf16 has fp32's exponent range, so no loss
+scaling is needed (unlike fp16).
+
+On CPUs with AVX512-BF16/AMX a bf16 matmul is ≈ 3× an fp32 one; on A100s bf16 runs on the tensor cores.
+
+Layout: a batch in channels-last order makes every convolution of the network run channels-last (PyTorch follows the
+input's layout), which oneDNN computes ≈ 1.2× faster than NCHW on CPU (measured on this project's 2-core machine,
+ResNet-18 at 28 px, fp32 and bf16 alike) and which cuDNN's tensor-core kernels want. Same arithmetic, same weights:
+only the summation order of the convolutions can differ (≈ 1e-7 relative in fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from dia_ray.config import Precision
+
+
+def autocast(precision: Precision, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The forward-pass context for ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision '{precision}' unknown; known: fp32, bf16")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x: (B, C, H, W) in channels-last memory order (same values and shape)."""
+    return x.contiguous(memory_format=torch.channels_last)
