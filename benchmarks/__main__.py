@@ -1,8 +1,8 @@
 """``python -m benchmarks`` (from the repository root): every speed ratio of issue 13, measured side by side in this
 one process, written to ``benchmarks/results.json`` and printed as a table. See benchmarks/README.md.
 
-    .venv/bin/python -m benchmarks                          # the reference configuration (~15 min on an idle 2-core box)
-    .venv/bin/python -m benchmarks --tiny --out /tmp/r.json # every code path in a minute (tiny sizes, numbers meaningless)
+    .venv/bin/python -m benchmarks                    # the reference configuration (~13 min on an idle 2-core box)
+    .venv/bin/python -m benchmarks --tiny --out r.json  # every code path in a minute (tiny sizes, numbers meaningless)
     .venv/bin/python -m benchmarks --parts step,eval --unet '{"block_out_channels": [64, 128, 256, 512]}'
 """
 

@@ -28,7 +28,7 @@ class BenchConfig:
     rounds: int = 3  # interleaved timed rounds per comparison (after one warm-up each)
     iters: int = 1  # training iterations per timed round
     bank_versions: int = 4  # K of the in-memory bank of the step benchmark
-    eval_images: int = 64  # images featurised per evaluation round (half train, half test)
+    eval_images: int = 48  # images featurised per evaluation round (half train, half test)
     eval_samples: int = 10
     ddpm_batch: int = 32
     matmul_n: int = 2048
@@ -62,7 +62,8 @@ class BenchConfig:
 TINY = BenchConfig(
     batch=2, backbone="resnet18_imagenet",
     unet={"block_out_channels": (16, 32), "layers_per_block": 1, "attention_head_dim": 8},
-    lucidrains_unet={"dim": 8, "dim_mults": (1, 2)}, rounds=1, bank_versions=2, eval_images=8, eval_samples=1, ddpm_batch=4, matmul_n=128,
+    lucidrains_unet={"dim": 8, "dim_mults": (1, 2)}, rounds=1, bank_versions=2, eval_images=8, eval_samples=1,
+    ddpm_batch=4, matmul_n=128,
     ray_rounds=1, bank_build_versions=1, bank_build_rounds=1, auroc_seeds=1,
     auroc_train={"epochs": 1, "max_iters_per_epoch": 1, "batch_size": 2,
                  "eval": {"samples": 1, "every": 1, "max_train_images": 16}, "max_test_images": 20},

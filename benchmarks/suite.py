@@ -240,7 +240,8 @@ def auroc_bf16_vs_fp32(bc: BenchConfig, work: Workload) -> dict[str, Any]:
     diffs = [b - f for b, f in zip(res["bf16"], res["fp32"])]
     return {"method": "dia (bank)", "backbone": budget_train("synthetic", "dia", "small").backbone,
             "seeds": list(range(bc.auroc_seeds)), "budget": bc.auroc_train,
-            "ddpm": {"budget": bc.auroc_ddpm_budget, "steps": bc.auroc_ddpm_steps}, "bank_versions": bc.auroc_bank_versions,
+            "ddpm": {"budget": bc.auroc_ddpm_budget, "steps": bc.auroc_ddpm_steps},
+            "bank_versions": bc.auroc_bank_versions,
             "fp32": _mean_std(res["fp32"]), "bf16": _mean_std(res["bf16"]),
             "difference_bf16_minus_fp32": _mean_std(diffs),
             "seconds": {"setup": round(setup_s, 1), **{p: round(s, 1) for p, s in seconds.items()}}}
