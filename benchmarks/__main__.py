@@ -4,6 +4,7 @@ one process, written to ``benchmarks/results.json`` and printed as a table. See 
     .venv/bin/python -m benchmarks                    # the reference configuration (~13 min on an idle 2-core box)
     .venv/bin/python -m benchmarks --tiny --out r.json  # every code path in a minute (tiny sizes, numbers meaningless)
     .venv/bin/python -m benchmarks --parts step,eval --unet '{"block_out_channels": [64, 128, 256, 512]}'
+    .venv/bin/python -m benchmarks --clock cpu --threads 1  # on a shared machine: CPU seconds of one thread
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-unet", choices=("lucidrains", "same"), default=None,
                    help="the baseline's dissolving UNet: lucidrains' Unet (default) or the same as dia-ray's")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per comparison")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what ratios use: wall seconds (a quiet machine) or CPU seconds (a shared one; use --threads 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads here and in the Train worker")
     p.add_argument("--workdir", type=Path, default=None, help="data, DDPMs and banks (default: a temp dir)")
     return p.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
     bc = TINY if args.tiny else BenchConfig()
-    changes: dict = {"parts": tuple(p.strip() for p in args.parts.split(",") if p.strip())}
+    changes: dict = {"parts": tuple(p.strip() for p in args.parts.split(",") if p.strip()), "clock": args.clock,
+                     "threads": args.threads}
     if args.unet:
         changes["unet"] = json.loads(args.unet)
     if args.reference_unet:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from benchmarks.run import run, write
 
-    results = run(bc, args.workdir)
+    results = run(bc, args.workdir, args.out)
     write(results, args.out)
     from benchmarks.report import table
 

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.measure import CLOCKS
 from dia_ray.config import UNetConfig
 
 PARTS = ("step", "eval", "ddpm", "ray", "auroc")
@@ -26,6 +27,8 @@ class BenchConfig:
     reference_unet: str = "lucidrains"  # the baseline's dissolving UNet: lucidrains' Unet, or "same" as dia-ray's
     lucidrains_unet: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "dim_mults": (1, 2, 4, 8)})
     rounds: int = 3  # interleaved timed rounds per comparison (after one warm-up each)
+    clock: str = "wall"  # what the ratios use: wall seconds, or CPU seconds (a shared machine; measure.py)
+    threads: int | None = None  # torch threads of this process and of the Train worker (None: torch's default)
     iters: int = 1  # training iterations per timed round
     bank_versions: int = 4  # K of the in-memory bank of the step benchmark
     eval_images: int = 48  # images featurised per evaluation round (half train, half test)
@@ -49,6 +52,8 @@ class BenchConfig:
         unknown = set(self.parts) - set(PARTS)
         if unknown:
             raise ValueError(f"unknown benchmark part(s) {sorted(unknown)}; known: {', '.join(PARTS)}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}")
         if self.reference_unet not in ("lucidrains", "same"):
             raise ValueError("reference_unet must be 'lucidrains' or 'same'")
 

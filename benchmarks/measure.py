@@ -1,5 +1,10 @@
 """Timing and memory tools shared by the benchmark parts: interleaved rounds, peak RSS, the matmul peak, FLOPs.
 
+Two clocks are recorded for every timed run: wall seconds, and CPU seconds (this process's threads; for the Ray parts
+also its descendant processes, sampled). Ratios use the configured one: ``wall`` on a quiet machine (what a user
+waits for), ``cpu`` on a shared one, where wall time measures the neighbours' load (with one torch thread, CPU time
+is the time the work takes on one free core).
+
 Interleaving: every variant of a comparison runs once per round, the order reversed on odd rounds (A B C, C B A, ...)
 so a load drift during a round hits all variants alike; a variant's time is the median of its rounds, and its ratio
 to the baseline is the median of the per-round ratios (paired, so a slow round slows both sides).
@@ -31,11 +36,15 @@ def rss_mb() -> float:
     return _status_kb("VmRSS") / 1024
 
 
+CLOCKS = ("wall", "cpu")
+
+
 class PeakRSS:
-    """Peak resident memory of this process while the block runs (the kernel's high-water mark, reset on entry
-    through /proc/self/clear_refs; where that is not allowed, the mark since process start). ``tree=True`` also
-    samples the proportional set size of all descendant processes (Ray's raylet, workers and actors) every 0.2 s and
-    reports the peak of the sum, this process included."""
+    """Peak resident memory and CPU seconds of this process while the block runs (the kernel's high-water mark, reset
+    on entry through /proc/self/clear_refs; where that is not allowed, the mark since process start). ``tree=True``
+    also samples all descendant processes (Ray's raylet, workers and actors) every 0.2 s: the peak of the summed
+    proportional set size, this process included, and the CPU seconds they all used (a process that exits between
+    two samples loses at most its last 0.2 s)."""
 
     def __init__(self, tree: bool = False):
         self.tree = tree
@@ -44,6 +53,10 @@ class PeakRSS:
         self.reset = False
         self._stop = threading.Event()
         self._tree_peak = 0.0
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._cpu0 = 0.0
+        self.cpu_seconds = 0.0
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakRSS":
@@ -54,31 +67,42 @@ class PeakRSS:
         except OSError:
             self.reset = False
         self.start_mb = rss_mb()
+        self._cpu0 = time.process_time()
         if self.tree:
+            self._poll(first=True)
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
-    def _sample(self) -> None:
+    def _poll(self, first: bool = False) -> None:
         import psutil
 
         me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0.0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_full_info().pss / 2**20
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self._tree_peak = max(self._tree_peak, total)
-            self._stop.wait(0.2)
+        total = 0.0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                cpu = proc.cpu_times()
+                used = cpu.user + cpu.system
+                total += proc.memory_full_info().pss / 2**20
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            self._cpu_first.setdefault(proc.pid, used if first else 0.0)
+            self._cpu_last[proc.pid] = used
+        self._tree_peak = max(self._tree_peak, total)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self._poll()
 
     def __exit__(self, *exc: Any) -> None:
         self.peak_mb = _status_kb("VmHWM") / 1024
+        self.cpu_seconds = time.process_time() - self._cpu0
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
+            self._poll()
             self.peak_mb = max(self.peak_mb, self._tree_peak)
+            self.cpu_seconds = sum(last - self._cpu_first[pid] for pid, last in self._cpu_last.items())
 
     @property
     def delta_mb(self) -> float:
@@ -95,29 +119,39 @@ class Variant:
     units: float
     warmup: Callable[[], Any] | None = None
     tree_rss: bool = False
-    seconds: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # by the comparison's clock
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     peak_rss_delta_mb: float = 0.0
 
-    def timed(self) -> float:
+    def timed(self, clock: str = "wall") -> float:
         with PeakRSS(self.tree_rss) as mem:
             t0 = time.perf_counter()
             self.run()
-            dt = time.perf_counter() - t0
-        self.seconds.append(dt)
+            wall = time.perf_counter() - t0
+        self.record(wall, mem.cpu_seconds, clock)
         self.peak_rss_mb = max(self.peak_rss_mb, mem.peak_mb)
         self.peak_rss_delta_mb = max(self.peak_rss_delta_mb, mem.delta_mb)
-        return dt
+        return self.seconds[-1]
+
+    def record(self, wall: float, cpu: float, clock: str) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+        self.seconds.append(wall if clock == "wall" else cpu)
 
 
-def interleave(variants: list[Variant], rounds: int, log: Callable[[str], None] = lambda m: None) -> None:
+def interleave(variants: list[Variant], rounds: int, log: Callable[[str], None] = lambda m: None,
+               clock: str = "wall") -> None:
     """Warm every variant up, then ``rounds`` rounds of one timed ``run`` each, alternating the order."""
     for v in variants:
+        t0 = time.perf_counter()
         (v.warmup or v.run)()
+        log(f"warm-up {v.name}: {time.perf_counter() - t0:.2f} s")
     for r in range(rounds):
         for v in (variants if r % 2 == 0 else list(reversed(variants))):
-            dt = v.timed()
-            log(f"round {r + 1}/{rounds} {v.name}: {dt:.2f} s")
+            v.timed(clock)
+            log(f"round {r + 1}/{rounds} {v.name}: {v.wall[-1]:.2f} s wall, {v.cpu[-1]:.2f} s CPU")
 
 
 def median(values: list[float]) -> float:
@@ -127,7 +161,8 @@ def median(values: list[float]) -> float:
 def summary(v: Variant, per: str = "unit") -> dict[str, Any]:
     med = median(v.seconds)
     return {f"seconds_per_{per}": round(med / v.units, 4), f"{per}s_per_s": round(v.units / med, 3),
-            "rounds_seconds": [round(s, 3) for s in v.seconds], f"{per}s_per_round": v.units,
+            "rounds_seconds": [round(s, 3) for s in v.seconds], "rounds_wall_seconds": [round(s, 3) for s in v.wall],
+            "rounds_cpu_seconds": [round(s, 3) for s in v.cpu], f"{per}s_per_round": v.units,
             "peak_rss_mb": round(v.peak_rss_mb, 1), "peak_rss_delta_mb": round(v.peak_rss_delta_mb, 1)}
 
 
@@ -137,16 +172,18 @@ def paired_ratio(baseline: Variant, other: Variant) -> float:
     return round(median(pairs), 3)
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_gflops(n: int = 2048, reps: int = 8, dtype: torch.dtype = torch.float32, clock: str = "wall"
+                       ) -> float:
     """Best-of-``reps`` n×n matmul rate with torch's current threads: the machine's practical dense peak now."""
+    timer = time.perf_counter if clock == "wall" else time.process_time
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = math.inf
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = timer()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, timer() - t0)
     return 2 * n**3 / best / 1e9
 
 

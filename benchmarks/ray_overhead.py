@@ -59,6 +59,8 @@ def train_worker(config: dict[str, Any]) -> None:
     from dia_ray.distributed.checkpointing import worker_device
 
     worker_device(config)
+    if config.get("bench_threads"):
+        torch.set_num_threads(config["bench_threads"])
     sync = Path(config["sync"])
     step = bank_step(config)
     step()
@@ -70,8 +72,8 @@ def train_worker(config: dict[str, Any]) -> None:
             step()
             dt = time.perf_counter() - t0
         tmp = sync / f".done-{r}.json"
-        tmp.write_text(json.dumps({"seconds": dt, "peak_rss_mb": mem.peak_mb, "delta_mb": mem.delta_mb,
-                                   "threads": torch.get_num_threads()}))
+        tmp.write_text(json.dumps({"wall": dt, "cpu": mem.cpu_seconds, "peak_rss_mb": mem.peak_mb,
+                                   "delta_mb": mem.delta_mb, "threads": torch.get_num_threads()}))
         tmp.rename(sync / f"done-{r}.json")
 
 
@@ -86,7 +88,8 @@ def train_overhead(bc: BenchConfig, data_root: Path, storage: Path, timeout: flo
     sync = storage / "sync"
     sync.mkdir(parents=True, exist_ok=True)
     config = {"sync": str(sync), "data_root": str(data_root), "backbone": bc.backbone, "batch": bc.batch,
-              "iters": bc.iters, "versions": bc.bank_versions, "rounds": bc.ray_rounds, "timeout": timeout}
+              "iters": bc.iters, "versions": bc.bank_versions, "rounds": bc.ray_rounds, "timeout": timeout,
+              "bench_threads": bc.threads}
     plain = Variant("plain_loop", bank_step(config), bc.iters * bc.batch)
     plain.run()  # warm-up before the worker starts, so the two never overlap
     failure: list[BaseException] = []
@@ -108,20 +111,21 @@ def train_overhead(bc: BenchConfig, data_root: Path, storage: Path, timeout: flo
     for r in range(bc.ray_rounds):
         for side in (("plain", "ray") if r % 2 == 0 else ("ray", "plain")):
             if side == "plain":
-                plain.timed()
+                plain.timed(bc.clock)
                 continue
             (sync / f"go-{r}").touch()
             _wait(sync / f"done-{r}.json", timeout, thread)
             rep = json.loads((sync / f"done-{r}.json").read_text())
             reports.append(rep)
-            worker.seconds.append(rep["seconds"])
+            worker.record(rep["wall"], rep["cpu"], bc.clock)
             worker.peak_rss_mb = max(worker.peak_rss_mb, rep["peak_rss_mb"])
             worker.peak_rss_delta_mb = max(worker.peak_rss_delta_mb, rep["delta_mb"])
-            log.info("ray train round %d: plain %.2f s, worker %.2f s", r + 1, plain.seconds[-1], rep["seconds"])
+            log.info("ray train round %d: plain %.2f s, worker %.2f s (%s)", r + 1, plain.seconds[-1],
+                     worker.seconds[-1], bc.clock)
     thread.join(timeout)
     if failure:
         raise RuntimeError(f"the Ray Train run failed: {failure[0]}")
-    return {"what": "DIA bank-mode fp32 iterations, 1 Train worker (2 CPUs, torch threads 2) vs this process",
+    return {"what": "DIA bank-mode fp32 iterations, 1 Train worker (2 CPUs) vs this process",
             "plain_loop": summary(plain, "image"), "ray_train_worker": summary(worker, "image"),
             "worker_threads": reports[0]["threads"] if reports else None,
             "worker_start_to_ready_seconds": round(ready_s, 1),
@@ -151,7 +155,7 @@ def bank_build_overhead(bc: BenchConfig, data_root: Path, storage: Path, t_range
     rows = len(ref.load().train) * bc.bank_build_versions
     variants = [Variant("plain_loop", local, rows, warmup=lambda: None),
                 Variant("ray_data_pool", pool, rows, warmup=lambda: None, tree_rss=True)]
-    interleave(variants, bc.bank_build_rounds, lambda m: log.info("bank build %s", m))
+    interleave(variants, bc.bank_build_rounds, lambda m: log.info("bank build %s", m), bc.clock)
     return {"what": f"{rows} rows ({rows // bc.bank_build_versions} images x {bc.bank_build_versions} versions), "
                     "UNet as in training_step, batch 64",
             "plain_loop": summary(variants[0], "row"), "ray_data_pool": summary(variants[1], "row"),

@@ -21,12 +21,16 @@ log = logging.getLogger("benchmarks")
 
 
 def _peaks(bc: BenchConfig, into: dict[str, list[float]]) -> None:
-    into["fp32"].append(measure.matmul_peak_gflops(bc.matmul_n))
-    into["bf16"].append(measure.matmul_peak_gflops(bc.matmul_n, dtype=torch.bfloat16))
+    into["fp32"].append(measure.matmul_peak_gflops(bc.matmul_n, clock=bc.clock))
+    into["bf16"].append(measure.matmul_peak_gflops(bc.matmul_n, dtype=torch.bfloat16, clock=bc.clock))
 
 
-def run(bc: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
+def run(bc: BenchConfig, workdir: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """All parts of ``bc``; with ``out``, the results so far are written after every part (``complete`` false), so a
+    stopped run leaves what it measured."""
     t_start = time.perf_counter()
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
     load_start = os.getloadavg()
     own = workdir is None
     work_dir = Path(tempfile.mkdtemp(prefix="dia-ray-bench-")) if own else Path(workdir)
@@ -36,40 +40,50 @@ def run(bc: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
         _peaks(bc, peaks)
         results: dict[str, Any] = {"benchmark": "dia-ray performance (issue 13)", "config": bc.as_dict()}
         seconds: dict[str, float] = {}
-        if "step" in bc.parts:
-            t0 = time.perf_counter()
-            results["training_step"] = suite.training_steps(bc, work)
-            seconds["step"] = time.perf_counter() - t0
-            _peaks(bc, peaks)
-        for part, fn in (("eval", lambda: suite.evaluation(bc, work)), ("ddpm", lambda: suite.ddpm_training(bc, work)),
-                         ("auroc", lambda: suite.auroc_bf16_vs_fp32(bc, work))):
-            if part in bc.parts:
-                t0 = time.perf_counter()
-                results[{"eval": "evaluation", "ddpm": "ddpm_training", "auroc": "auroc"}[part]] = fn()
-                seconds[part] = time.perf_counter() - t0
-        if "ray" in bc.parts:
+
+        def ray_part() -> dict[str, Any]:
             from benchmarks.ray_overhead import ray_overheads
 
+            return ray_overheads(bc, work.root, work_dir / "ray", work.t_range)
+
+        parts = (("step", "training_step", lambda: suite.training_steps(bc, work)),
+                 ("eval", "evaluation", lambda: suite.evaluation(bc, work)),
+                 ("ddpm", "ddpm_training", lambda: suite.ddpm_training(bc, work)),
+                 ("auroc", "auroc", lambda: suite.auroc_bf16_vs_fp32(bc, work)),
+                 ("ray", "ray", ray_part))
+        for part, key, fn in parts:
+            if part not in bc.parts:
+                continue
             t0 = time.perf_counter()
-            results["ray"] = ray_overheads(bc, work.root, work_dir / "ray", work.t_range)
-            seconds["ray"] = time.perf_counter() - t0
-        _peaks(bc, peaks)
-        if "training_step" in results:
-            _peak_fractions(results["training_step"], max(peaks["fp32"]))
-        results["peak"] = {"fp32_gflops": round(max(peaks["fp32"]), 1), "bf16_gflops": round(max(peaks["bf16"]), 1),
-                           "samples_fp32": [round(p, 1) for p in peaks["fp32"]],
-                           "samples_bf16": [round(p, 1) for p in peaks["bf16"]],
-                           "how": f"best of 8 {bc.matmul_n}x{bc.matmul_n} matmuls, torch's threads, at the start, "
-                                  "after the training steps and at the end; fractions use the best"}
-        results["machine"] = {**measure.machine(), "loadavg_start": [round(x, 2) for x in load_start],
-                              "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
-        results["part_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-        results["targets"] = check_targets(results)
-        results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        return results
+            results[key] = fn()
+            seconds[part] = time.perf_counter() - t0
+            _peaks(bc, peaks)
+            _finish(results, bc, peaks, seconds, load_start, t_start, complete=False)
+            if out is not None:
+                write(results, out)
+        return _finish(results, bc, peaks, seconds, load_start, t_start, complete=True)
     finally:
         if own:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _finish(results: dict[str, Any], bc: BenchConfig, peaks: dict[str, list[float]], seconds: dict[str, float],
+            load_start: tuple[float, float, float], t_start: float, complete: bool) -> dict[str, Any]:
+    if "training_step" in results:
+        _peak_fractions(results["training_step"], max(peaks["fp32"]))
+    results["peak"] = {"fp32_gflops": round(max(peaks["fp32"]), 1), "bf16_gflops": round(max(peaks["bf16"]), 1),
+                       "samples_fp32": [round(p, 1) for p in peaks["fp32"]],
+                       "samples_bf16": [round(p, 1) for p in peaks["bf16"]],
+                       "how": f"best of 8 {bc.matmul_n}x{bc.matmul_n} matmuls ({bc.clock} clock, torch's threads), at "
+                              "the start and after every part; fractions use the best"}
+    results["machine"] = {**measure.machine(), "loadavg_start": [round(x, 2) for x in load_start],
+                          "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    results["clock"] = bc.clock
+    results["part_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    results["targets"] = check_targets(results)
+    results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    results["complete"] = complete
+    return results
 
 
 def _peak_fractions(step: dict[str, Any], peak: float) -> None:

@@ -119,7 +119,7 @@ def training_steps(bc: BenchConfig, work: Workload) -> dict[str, Any]:
         for v in variants:  # the warm-up iteration is the one whose FLOPs are counted
             v.warmup = (lambda v=v: flops.__setitem__(v.name, count_flops(v.run)[0] / bc.iters))
         log.info("training step %s: %s", method, ", ".join(v.name for v in variants))
-        interleave(variants, bc.rounds, lambda m, method=method: log.info("%s %s", method, m))
+        interleave(variants, bc.rounds, lambda m, method=method: log.info("%s %s", method, m), bc.clock)
         res: dict[str, Any] = {}
         for v in variants:
             s = summary(v, "image")
@@ -156,7 +156,7 @@ def evaluation(bc: BenchConfig, work: Workload) -> dict[str, Any]:
                                                                  cfg["fp32"])),
                 run("ours", lambda: evaluate(model, sub, cfg["fp32"])[0]),
                 run("ours_bf16", lambda: evaluate(model, sub, cfg["bf16"])[0])]
-    interleave(variants, bc.rounds, lambda m: log.info("evaluation %s", m))
+    interleave(variants, bc.rounds, lambda m: log.info("evaluation %s", m), bc.clock)
     res: dict[str, Any] = {"images_per_round": 2 * half, "samples": bc.eval_samples, "shifts": 4,
                            "network_forwards_per_image": 4 * bc.eval_samples,
                            "baseline_batch": 100, "ours_batch": cfg["fp32"].eval.batch_size}
@@ -191,7 +191,7 @@ def ddpm_training(bc: BenchConfig, work: Workload) -> dict[str, Any]:
     run16, _ = ours(ddpm_config(bc, precision="bf16"))
     variants = [Variant("lucidrains", lucid, bc.ddpm_batch), Variant("ours", run32, bc.ddpm_batch),
                 Variant("ours_bf16", run16, bc.ddpm_batch)]
-    interleave(variants, bc.rounds, lambda m: log.info("ddpm %s", m))
+    interleave(variants, bc.rounds, lambda m: log.info("ddpm %s", m), bc.clock)
     res: dict[str, Any] = {"batch_images": bc.ddpm_batch, "resolution": 32, "grad_accum": 1,
                            "unet_params_m": {"lucidrains": round(theirs.parameters() / 1e6, 2),
                                              "dia_ray": params_m(s32.unet)},
