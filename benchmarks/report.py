@@ -60,8 +60,9 @@ TARGETS = (
     Target("ray_train_step_vs_plain_loop", "ray", ("ray", "train", "ratio_ray_over_plain"), 0.9,
            why_missed="the Train worker runs the same loop; a gap is the worker's threads or the machine's load"),
     Target("ray_data_bank_build_vs_plain_loop", "ray", ("ray", "bank_build", "ratio_ray_over_plain"), 0.9,
-           why_missed="the pool's wall time includes starting its actors (process, torch/diffusers imports, DDPM "
-                      "load), which a small bank does not amortise; build_seconds_excluding_start has the rest"),
+           why_missed="the pool's time (wall; with --clock cpu the CPU of all of Ray's processes) includes starting "
+                      "its actors (process, torch/diffusers imports, DDPM load) and Ray's own services, which a "
+                      "600-row bank does not amortise"),
     Target("dia_step_fraction_of_fp32_peak", _STEP, (_STEP, "dia", "online", "fraction_of_fp32_peak"), 0.70,
            why_missed="convolutions of 28 px maps with 64-512 channels, BatchNorm and the augmentation do not run "
                       "at the large-matmul rate"),
