@@ -20,7 +20,7 @@ from dia_ray.algo.augment import random_hflip, simclr_augment
 from dia_ray.algo.dissolve import BlurDissolver, Dissolver
 from dia_ray.algo.lars import LARS, fractional_epoch, lr_at
 from dia_ray.algo.losses import amplified_nt_xent, normalize, shift_loss
-from dia_ray.algo.precision import autocast, channels_last
+from dia_ray.algo.precision import autocast, channels_last, full_precision
 from dia_ray.algo.resnet import ResNet18
 from dia_ray.algo.resolution import to_float01
 from dia_ray.algo.scoring import auroc, csi_score, csi_weights, extract_features
@@ -169,7 +169,7 @@ def contrastive_loss(model: torch.nn.Module, views: torch.Tensor, labels: torch.
     runs in ``cfg.precision``; both losses are reduced in fp32 (outside the autocast context)."""
     with autocast(cfg.precision, views.device):
         _, z, logits = model(channels_last(views))
-    z, logits = z.float(), logits.float()
+    z, logits = full_precision(z), full_precision(logits)
     zg = gather_branch_major(normalize(z), n_branches)
     l_sim = amplified_nt_xent(zg, zg.shape[0] // n_branches, n_branches, cfg.temperature, cfg.loss_mode)
     l_shift = shift_loss(logits, labels)

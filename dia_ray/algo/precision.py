@@ -4,7 +4,7 @@ and the memory layout of the images fed to the convolutional networks.
 bf16 is autocast around the *forward* passes only (the ResNet's, the dissolving UNet's, the DDPM's training forward):
 matmuls and convolutions run in bf16, autograd runs each backward op in its forward op's dtype, and the parameters
 stay fp32 (autocast casts copies, never the weights), so the optimiser updates fp32 master weights. Callers cast the
-network outputs back to fp32 (``.float()``) and leave the context before the losses, so every loss reduction — the
+network outputs back to fp32 (:func:`full_precision`) and leave the context before the losses, so every loss reduction — the
 similarity matrix, NT-Xent's exp/sum/log, the cross-entropy, the L1 — is computed in fp32. bf16 has fp32's exponent
 range, so no loss scaling is needed (unlike fp16).
 
@@ -39,3 +39,8 @@ def autocast(precision: Precision, device: torch.device | str) -> contextlib.Abs
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """x: (B, C, H, W) in channels-last memory order (same values and shape)."""
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """x as float32 when an autocast forward left it in a lower precision; float32/float64 tensors unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
