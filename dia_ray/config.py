@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dia_ray.errors import ConfigError
 
+# Arithmetic of a training step / evaluation (dia_ray.algo.precision): fp32 is the paper's and the default; bf16 runs
+# the forward passes under autocast with fp32 master weights and fp32 loss reductions (issue 13).
+Precision = Literal["fp32", "bf16"]
+
 # Paper batch size per DDPM resolution (ALGORITHM.md §2.3).
 DDPM_BATCH_BY_RESOLUTION = {32: 256, 64: 128, 128: 32}
 
@@ -63,6 +67,7 @@ class DDPMConfig(_Strict):
     # The reference's SARS-COV-2 quirk: its DDPM reads the whole dataset folder, so the normal images of the TEST
     # split are trained on too (folder datasets only; off = the train split's normal images, the paper's protocol).
     whole_folder: bool = False
+    precision: Precision = "fp32"  # the paper trains the DDPM in fp32 ("AMP prevents convergence", §2.3)
 
     @property
     def global_batch(self) -> int:
@@ -90,7 +95,6 @@ class DissolveConfig(_Strict):
     blur_all_branches: bool = False  # True reproduces the reference code's bug (all three branches blurred)
     blur_resize_to_resolution: bool = False  # heuristics down/up-sample to `resolution` (paper Table 5)
     bank_versions: int = Field(8, ge=1)  # K dissolved versions per image in a bank
-    autocast_bf16: bool = False  # bf16 autocast for the dissolving UNet call (inference only)
 
     @model_validator(mode="after")
     def _range(self) -> "DissolveConfig":
@@ -230,6 +234,20 @@ class TrainConfig(_Strict):
     # after an evaluation replays the same shuffles, flips, t draws and augmentations. True reproduces that (the
     # replayed stream does not depend on ``seed``, as in the reference); False draws fresh randomness every epoch.
     reference_rng: bool = False
+    precision: Precision = "fp32"  # the whole step (ResNet, dissolving UNet) and the evaluation
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_autocast_flag(cls, data: Any) -> Any:
+        """``dissolve.autocast_bf16`` (bf16 for the dissolving UNet only) became ``precision``; configs that stored
+        its default still load, a config that switched it on is told what replaced it."""
+        dissolve = data.get("dissolve") if isinstance(data, dict) else None
+        if isinstance(dissolve, dict) and "autocast_bf16" in dissolve:
+            if dissolve["autocast_bf16"]:
+                raise ValueError("dissolve.autocast_bf16 was replaced by precision: bf16 (the whole step in bf16, "
+                                 "the dissolving UNet included)")
+            data = {**data, "dissolve": {k: v for k, v in dissolve.items() if k != "autocast_bf16"}}
+        return data
 
     @model_validator(mode="after")
     def _method_matches_dissolve(self) -> "TrainConfig":

@@ -23,6 +23,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from dia_ray.algo.precision import Precision, autocast
 from dia_ray.algo.resolution import to_ddpm, to_float01
 from dia_ray.algo.unet import LucidUnet
 from dia_ray.config import DDPMConfig, UNetConfig
@@ -121,8 +122,10 @@ def ddpm_loss(
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """L1 between predicted and true noise (§2.2). x01: (B, 3, r, r) in [0, 1] (scaled to [-1, 1] here)."""
+    """L1 between predicted and true noise (§2.2). x01: (B, 3, r, r) in [0, 1] (scaled to [-1, 1] here). The UNet
+    runs in ``precision``; the L1 is reduced in fp32."""
     x0 = x01 * 2.0 - 1.0
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -130,8 +133,9 @@ def ddpm_loss(
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                                   device=x0.device)
     xt = scheduler.add_noise(x0, noise, timesteps)
-    pred = unet(xt, timesteps).sample
-    return F.l1_loss(pred, noise)
+    with autocast(precision, x0.device):
+        pred = unet(xt, timesteps).sample
+    return F.l1_loss(pred.float(), noise)
 
 
 @dataclass
@@ -244,7 +248,7 @@ def train_ddpm(
             noise = torch.randn(x.shape, generator=g)
             tsteps = torch.randint(0, cfg.num_train_timesteps, (gb,), generator=g)
             xm, nm, tm = (a[shard].to(device) for a in (x, noise, tsteps))
-            loss = ddpm_loss(unet, scheduler, xm, noise=nm, timesteps=tm) / cfg.grad_accum
+            loss = ddpm_loss(unet, scheduler, xm, noise=nm, timesteps=tm, precision=cfg.precision) / cfg.grad_accum
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.clip_grad_norm)

@@ -11,13 +11,13 @@ fresh per-sample horizontal flip (§3.3) and one t shared by its images (§3.2).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal, Protocol
 
 import kornia.filters
 import torch
 import torch.nn.functional as F
 
+from dia_ray.algo.precision import Precision, autocast
 from dia_ray.algo.resolution import check_resolution, from_ddpm, to_ddpm
 
 
@@ -35,14 +35,18 @@ def dissolve(
     t: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     input_range: Literal["raw01", "pm1"] = "raw01",
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """One reverse step's x0-prediction. y: (B, 3, r, r); t: (B,) int timesteps.
+    """One reverse step's x0-prediction. y: (B, 3, r, r); t: (B,) int timesteps. ``precision`` bf16 runs the UNet
+    under autocast; the x0 formula is always evaluated in fp32.
 
     raw01 (reference, default): y is fed in [0, 1] although the DDPM was trained on [-1, 1], and the result stays in
     [-1, 1] (§3.1 value-range quirk). pm1: y ↦ 2y - 1 in, (out + 1) / 2 out, result in [0, 1]."""
     inp = y if input_range == "raw01" else y * 2.0 - 1.0
     a = alphas_cumprod.to(device=y.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
-    eps = unet(inp, t).sample.to(torch.float32)
+    with autocast(precision, y.device):
+        eps = unet(inp, t).sample
+    eps = eps.float()
     # sqrt((1 - a) / a), not sqrt(1/a - 1): 1 - ᾱ is exact in float32, 1/ᾱ - 1 cancels badly for small t
     out = (inp.float() / a.sqrt() - ((1.0 - a) / a).sqrt() * eps).clamp(-1.0, 1.0)
     return out if input_range == "raw01" else (out + 1.0) / 2.0
@@ -71,13 +75,13 @@ class DiffusionDissolver:
     """Online dissolving with a frozen DDPM (the paper's path, ``dissolve.mode: online``)."""
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, t_range: tuple[int, int],
-                 resolution: int, input_range: Literal["raw01", "pm1"] = "raw01", autocast_bf16: bool = False):
+                 resolution: int, input_range: Literal["raw01", "pm1"] = "raw01", precision: Precision = "fp32"):
         self.unet = unet.eval().requires_grad_(False)
         self.alphas_cumprod = alphas_cumprod.float()
         self.t_min, self.t_max = t_range
         self.resolution = resolution
         self.input_range = input_range
-        self.autocast_bf16 = autocast_bf16
+        self.precision = precision
         self.calls = 0  # UNet invocations (tests and benchmarks read it)
 
     @torch.no_grad()
@@ -94,10 +98,7 @@ class DiffusionDissolver:
     def run(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """D_t on images already at the DDPM resolution (also used by the bank builder)."""
         self.calls += 1
-        ctx = (torch.autocast(device_type=y.device.type, dtype=torch.bfloat16) if self.autocast_bf16
-               else contextlib.nullcontext())
-        with ctx:
-            return dissolve(self.unet, y, t, self.alphas_cumprod, self.input_range)
+        return dissolve(self.unet, y, t, self.alphas_cumprod, self.input_range, self.precision)
 
 
 # OpenCV's getGaussianKernel(k, sigma <= 0) returns these fixed tables for k = 1, 3, 5, 7 (its small_gaussian_tab;
@@ -193,7 +194,7 @@ def make_dissolver(
     input_range: Literal["raw01", "pm1"] = "raw01",
     kernel_size: int = 7,
     blur_resize: bool = False,
-    autocast_bf16: bool = False,
+    precision: Precision = "fp32",
     unet: torch.nn.Module | None = None,
     alphas_cumprod: torch.Tensor | None = None,
     bank_versions: torch.Tensor | None = None,
@@ -208,4 +209,4 @@ def make_dissolver(
         return BankDissolver(bank_versions)
     if unet is None or alphas_cumprod is None:
         raise ValueError("diffusion dissolving needs a DDPM (unet + alphas_cumprod) or a bank")
-    return DiffusionDissolver(unet, alphas_cumprod, t_range, resolution, input_range, autocast_bf16)
+    return DiffusionDissolver(unet, alphas_cumprod, t_range, resolution, input_range, precision)

@@ -20,6 +20,7 @@ from dia_ray.algo.augment import random_hflip, simclr_augment
 from dia_ray.algo.dissolve import BlurDissolver, Dissolver
 from dia_ray.algo.lars import LARS, fractional_epoch, lr_at
 from dia_ray.algo.losses import amplified_nt_xent, normalize, shift_loss
+from dia_ray.algo.precision import autocast, channels_last, full_precision
 from dia_ray.algo.resnet import ResNet18
 from dia_ray.algo.resolution import to_float01
 from dia_ray.algo.scoring import auroc, csi_score, csi_weights, extract_features
@@ -182,8 +183,11 @@ def gather_branch_major(z: torch.Tensor, n_branches: int) -> torch.Tensor:
 
 def contrastive_loss(model: torch.nn.Module, views: torch.Tensor, labels: torch.Tensor, n_branches: int,
                      cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_sim + L_shift over one forward of all views (BatchNorm sees the whole concatenated batch)."""
-    _, z, logits = model(views)
+    """L = L_sim + L_shift over one forward of all views (BatchNorm sees the whole concatenated batch). The forward
+    runs in ``cfg.precision``; both losses are reduced in fp32 (outside the autocast context)."""
+    with autocast(cfg.precision, views.device):
+        _, z, logits = model(channels_last(views))
+    z, logits = full_precision(z), full_precision(logits)
     zg = gather_branch_major(normalize(z), n_branches)
     l_sim = amplified_nt_xent(zg, zg.shape[0] // n_branches, n_branches, cfg.temperature, cfg.loss_mode)
     l_shift = shift_loss(logits, labels)
@@ -235,7 +239,8 @@ def evaluate(model: torch.nn.Module, data: DIAData, cfg: TrainConfig, device: to
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: cfg.eval.max_train_images]
         train = train[pick.sort().values]
     common = dict(shift=cfg.shift, n_shifts=N_SHIFTS, samples=cfg.eval.samples,
-                  crop_scale=tuple(cfg.eval.crop_scale), batch_size=cfg.eval.batch_size, device=device, seed=seed)
+                  crop_scale=tuple(cfg.eval.crop_scale), batch_size=cfg.eval.batch_size, device=device, seed=seed,
+                  precision=cfg.precision)
     weights = csi_weights(extract_features(net, train, **common))
     scores = csi_score(extract_features(net, data.test, **common), weights).cpu()
     return auroc(scores, data.test_labels), scores

@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dia_ray.algo.augment import random_hflip, simclr_augment
+from dia_ray.algo.precision import Precision, autocast, channels_last
 from dia_ray.algo.resolution import to_float01
 from dia_ray.algo.shifts import apply_shift
 
@@ -39,8 +40,10 @@ def extract_features(
     batch_size: int = 128,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    precision: Precision = "fp32",
 ) -> Features:
-    """images: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1]. v = A_eval(S_k(F(x))), a fresh flip per k."""
+    """images: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1]. v = A_eval(S_k(F(x))), a fresh flip per k.
+    The network runs in ``precision``; features are averaged in fp32."""
     was_training = model.training
     model.eval()
     images = torch.as_tensor(images)
@@ -55,7 +58,8 @@ def extract_features(
             x = to_float01(images[start : start + batch_size]).to(device)
             views = torch.cat([apply_shift(random_hflip(x, gen), k, shift) for k in range(n_shifts)])
             views = simclr_augment(views, gen, crop_scale=crop_scale)
-            _, z, logits = model(views)
+            with autocast(precision, views.device):
+                _, z, logits = model(channels_last(views))
             b = x.shape[0]
             zs.append(z.float().view(n_shifts, b, -1))
             ls.append(logits.float().view(n_shifts, b, -1))

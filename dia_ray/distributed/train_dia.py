@@ -103,7 +103,7 @@ def _worker(config: dict[str, Any]) -> None:
             alphas = scheduler.alphas_cumprod
     dissolver = make_dissolver(
         d.kind, t_range=t_range_for(cfg, spec.t_range), resolution=d.resolution, input_range=d.input_range,
-        kernel_size=d.kernel_size, blur_resize=d.blur_resize_to_resolution, autocast_bf16=d.autocast_bf16,
+        kernel_size=d.kernel_size, blur_resize=d.blur_resize_to_resolution, precision=cfg.precision,
         unet=unet, alphas_cumprod=alphas, bank_versions=versions)
     rank = ray.train.get_context().get_world_rank()
     disyre = cfg.method == "disyre"
