@@ -26,8 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON result file (default {DEFAULT_OUT})")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: checks the code paths, not the speed")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--unet", default=None, help="dia-ray's DDPM UNet as JSON UNetConfig overrides (default: the "
-                                                "36.9 M reference-size config, benchmarks/config.py)")
+    p.add_argument("--unet", default=None, help="dia-ray's DDPM UNet as JSON UNetConfig overrides (default: none, "
+                                                "the 36.25 M port of lucidrains' Unet)")
     p.add_argument("--reference-unet", choices=("lucidrains", "same"), default=None,
                    help="the baseline's dissolving UNet: lucidrains' Unet (default) or the same as dia-ray's")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per comparison")

@@ -12,11 +12,9 @@ from dia_ray.config import UNetConfig
 
 PARTS = ("step", "eval", "ddpm", "ray", "auroc")
 
-# A diffusers UNet2DModel of the reference's size: lucidrains' Unet(dim=64, dim_mults=(1,2,4,8)) has 36.25 M
-# parameters and 3.70 GFLOP per 32 px image forward; this one 36.94 M and 3.87 GFLOP (torch's FLOP counter). dia-ray's
-# default UNetConfig (64,128,256,512) x 2 layers has 65.0 M / 5.97 GFLOP. Used until the lucidrains-architecture port
-# (branch `fidelity`) lands; pass its config with --unet then.
-REFERENCE_SIZE_UNET: dict[str, Any] = {"block_out_channels": (64, 128, 256, 448), "layers_per_block": 1}
+# dia-ray's DDPM UNet at its defaults: the reference's lucidrains Unet(dim=64, dim_mults=(1,2,4,8)) re-implemented
+# (dia_ray/algo/unet.py), 36.25 M parameters, 3.70 GFLOP per 32 px image forward.
+REFERENCE_SIZE_UNET: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
