@@ -190,11 +190,16 @@ def relay_to_tune(queue: Any):
     return RelayToTune()
 
 
-def report_while_training(train: Any) -> Any:
+def report_while_training(train: Any, node: str | None = None) -> Any:
     """Run ``train(callbacks)`` (a Ray Train run) as a Ray task and pass each of its reports to ``tune.report`` from
     this trial's thread as they come; returns ``train``'s result after the last report. When Tune stops the trial
     (ASHA) — ``tune.report`` then exits the thread — the task is cancelled, which ends its Train run: a stopped trial
-    does not train on in the background."""
+    does not train on in the background.
+
+    ``node``: where the task runs (the study's node, i.e. the head). Ray Train places a run's controller (and the
+    cleaner of its placement group) on the node that calls ``fit()``; there they survive the loss of a worker node,
+    restart the worker group from the last registered checkpoint and free the lost group's placement group. A
+    controller on the lost node would die with it and leave its placement group reserved for the rest of the job."""
     import ray
     import ray.tune as tune
     from ray.exceptions import RayTaskError
@@ -206,8 +211,11 @@ def report_while_training(train: Any) -> Any:
         worker_logging()
         return train([relay_to_tune(queue)])
 
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     queue = Queue(actor_options={"num_cpus": 0})
-    task = ray.remote(num_cpus=0, max_retries=0)(run).remote(queue)
+    where = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
+    task = ray.remote(num_cpus=0, max_retries=0)(run).options(scheduling_strategy=where).remote(queue)
     try:
         while True:
             finished = bool(ray.wait([task], timeout=0)[0])
@@ -259,7 +267,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         callbacks=callbacks, extra={"sweep": sweep.name, "trial_id": trial_id, "trial_dir": trial_dir},
         params={k: v for k, v in params.items() if k != "method"}, report_extra={"trial_id": trial_id},
         max_failures=1,
-    ))
+    ), node=ctx["node"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -437,7 +445,7 @@ def _run_study(sweep: SweepFile, dataset: str, st: Storage, ref: DataRef, image_
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     artifacts = start_artifacts(sweep, dataset, ref, st, image_size, here)
     ctx = {"sweep": sweep.model_dump(mode="json"), "dataset": dataset, "data": ref.as_dict(), "storage": st.uri,
-           "artifacts": artifacts, "image_size": image_size,
+           "artifacts": artifacts, "image_size": image_size, "node": ray.get_runtime_context().get_node_id(),
            "spec_t_range": list(get_spec(dataset, normal_class=sweep.normal_class).t_range)}
 
     def trial(config: dict[str, Any]) -> None:

@@ -94,7 +94,7 @@ max_retries: 1
     out = _run("sweep", str(sweep), "--storage", storage, "--data-root", str(sim.data_root), "--address", sim.address)
     assert out.returncode == 0, out.stderr[-4000:]
     assert not (Path.cwd() / "s3:").exists()  # the URI never became a local folder
-    board = _run("leaderboard", storage, "--format", "csv", "--out", str(tmp_path / "board"))
+    board = _run("leaderboard", storage, "--format", "md,csv", "--out", str(tmp_path / "board"))
     assert board.returncode == 0, board.stderr[-3000:]
     from dia_ray.storage import Storage
 
