@@ -23,8 +23,16 @@ def leaderboard(
     by: str = typer.Option("method", "--by", help="method: best config per method; config: every config."),
 ) -> None:
     """Print the leaderboard (mean ± std over seeds, DeLong CIs, paper comparison) and write tables and PNG plots."""
+    from dia_ray.errors import ConfigError
+    from dia_ray.paths import writable_dir
+    from dia_ray.results.leaderboard import parse_formats
     from dia_ray.results.report import publish
 
+    parse_formats(formats)
+    if by not in ("method", "config"):
+        raise ConfigError(f"--by '{by}' unknown; choose from: method, config")
+    if out is not None or storage.is_dir():  # where the files go, checked before anything is read or written
+        writable_dir(out if out is not None else storage / "leaderboard", "--out" if out else "leaderboard folder")
     report = publish(storage, formats=formats, out=out, compare_paper=compare_paper, by=by)
     for problem in report.problems[:MAX_WARNINGS]:
         typer.echo(f"dia-ray: warning: {problem}", err=True)

@@ -23,6 +23,10 @@ def sweep(
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Also log trials to this MLflow server."),
 ) -> None:
     """Run a sweep file; progress per dataset is logged; ends with the best trial per dataset."""
+    from dia_ray.data.loading import check_data_root
+    from dia_ray.distributed.pipeline import check_address
+    from dia_ray.distributed.storage import is_uri
+    from dia_ray.paths import writable_dir
     from dia_ray.sweepfile import load_sweep
 
     spec = load_sweep(file, data_root)
@@ -31,6 +35,12 @@ def sweep(
     if dry_run:
         typer.echo(describe(spec))
         return
+    if address is not None:
+        check_address(address)
+    if not is_uri(storage):
+        writable_dir(storage, "storage")
+    if spec.data_root:
+        check_data_root(spec.data_root)
     from dia_ray.distributed.sweep import run_sweep
 
     summaries = run_sweep(spec, str(storage), address=address, resume=resume, mlflow_uri=mlflow_uri)
@@ -43,6 +53,6 @@ def sweep(
         for err in s["errors"]:
             failed = True
             typer.echo(f"  errored trial: {err}", err=True)
-    typer.echo(f"leaderboard: dia-ray leaderboard {storage}")
+    typer.echo(f"leaderboard: dia-ray leaderboard {storage}   (trial logs: tensorboard --logdir {storage}/sweeps)")
     if failed:
         raise typer.Exit(1)

@@ -94,7 +94,7 @@ def worker_device(config: dict[str, Any]):
 
     from dia_ray.distributed.runtime import worker_logging
 
-    worker_logging()
+    worker_logging(config.get("log_context"))
     torch.set_num_threads(config["threads"])
     return get_device() if config["use_gpu"] else torch.device("cpu")
 

@@ -24,6 +24,7 @@ from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoi
 from dia_ray.distributed.storage import ensure_writable
 from dia_ray.distributed.train_ddpm import DataRef
 from dia_ray.errors import CheckpointError
+from dia_ray.progress import fit_hooks, run_context
 from dia_ray.results.records import ResultRecord, write_records
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def _worker(config: dict[str, Any]) -> None:
 
         report_with_checkpoint(report, write, config["local"])
 
-    fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+    fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch,
+        **fit_hooks(cfg.epochs, enabled=rank == 0))
 
 
 def read_record(path: Path) -> ResultRecord | None:
@@ -183,6 +185,7 @@ def train_dia_ray(
         "bank_path": str(bank_path) if bank_path else None,
         "checkpoint_every": checkpoint_every,
         "pid_dir": pid_dir,
+        "log_context": run_context(cfg.dataset, cfg.method, cfg.seed, (extra or {}).get("trial_id")),
         # fault-injection tests slow epochs down (argument or DIA_RAY_EPOCH_DELAY) to have time to kill things
         "epoch_delay": epoch_delay or float(os.environ.get("DIA_RAY_EPOCH_DELAY", "0")),
     }
