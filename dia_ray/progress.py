@@ -63,15 +63,15 @@ class Progress:
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "it", logger: logging.Logger | None = None,
                  every_s: float = 30.0, every_frac: float = 0.1, min_s: float = 5.0, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.logger = logger or log
         self.every_s, self.every_frac, self.min_s = every_s, every_frac, min_s
         self.tty = sys.stderr.isatty() if tty is None else tty
-        self.clock = clock
+        self.clock = clock or time.monotonic
         self.done = 0
         self._bar: Any = None
-        self._t0, self._d0 = clock(), None  # when and where this pass started (d0 None: at the first call)
+        self._t0, self._d0 = self.clock(), None  # when and where this pass started (d0 None: at the first call)
         self._images = 0
         self._last: tuple[float, int] | None = None  # (time, 10%-bucket) of the last plain line of this pass
 
@@ -90,8 +90,6 @@ class Progress:
            **extra: Any) -> None:
         """The work is at ``done`` of ``total`` units; ``images`` were processed since the previous call. ``since``:
         the position before this call's work (the first call of a pass starts counting there; default: ``done``)."""
-        if not self.logger.isEnabledFor(logging.INFO):  # progress switched off (e.g. `bank build --quiet`)
-            return
         now = self.clock()
         if total is not None:
             self.total = total
@@ -100,7 +98,9 @@ class Progress:
         self.done = done
         self._images += images
         finished = bool(self.total) and done >= self.total
-        if self.tty:
+        if not self.logger.isEnabledFor(logging.INFO):  # progress switched off (e.g. `bank build --quiet`)
+            pass
+        elif self.tty:
             self._draw(note, extra, now)
         elif self._due(now, finished):
             self.logger.info(self.line(note, extra, now))
@@ -246,13 +246,14 @@ def run_context(dataset: str, method: str | None = None, seed: int | None = None
     return {"dataset": dataset, "method": method, "seed": seed, "trial": trial, **more}
 
 
-def fit_hooks(epochs: int, enabled: bool = True, logger: logging.Logger | None = None) -> dict[str, Any]:
+def fit_hooks(epochs: int, enabled: bool = True, **options: Any) -> dict[str, Any]:
     """Keyword arguments for :func:`dia_ray.algo.loops.fit`: per-iteration training progress (iterations, epoch,
-    img/s, ETA of the whole run) and per-batch evaluation progress. ``enabled=False`` (ranks > 0): no hooks."""
+    img/s, ETA of the whole run) and per-batch evaluation progress; ``options`` go to both :class:`Progress`.
+    ``enabled=False`` (ranks > 0): no hooks."""
     if not enabled:
         return {}
-    train = Progress("train", unit="it", logger=logger)
-    evaluation = Progress("eval", unit="images", logger=logger)
+    train = Progress("train", unit="it", **options)
+    evaluation = Progress("eval", unit="images", **options)
 
     def on_iter(state: Any, images: int, iters_per_epoch: int) -> None:
         train.at(state.step, epochs * iters_per_epoch, images=images, since=state.step - 1,

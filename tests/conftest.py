@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,32 @@ def synthetic_root(tmp_path_factory) -> Path:
     prepare("synthetic", root, seed=0)
     prepare("synthetic-folder", root, seed=0)
     return root
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path) -> Path:
+    """A directory in which nobody can create anything — root included: mode 0500 for a normal user; for root (who
+    ignores permission bits) the immutable attribute (`chattr +i`, ext2/3/4, xfs, btrfs), removed afterwards."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o500)
+        yield locked
+        locked.chmod(0o700)
+        return
+    done = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root and `chattr +i` is refused here ({done.stderr.strip()}): no way to make a "
+                    "directory unwritable for this test")
+    try:
+        yield locked
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -107,9 +107,9 @@ def ddpm_config(dataset: str, budget: str | None = None, workers: int = 1, **ove
     cfg = parse(DDPMConfig, deep_update(base, {k: v for k, v in overrides.items() if v is not None}), "ddpm config")
     parts = max(workers, 1) * cfg.grad_accum
     if cfg.global_batch % parts:
+        fits = max(parts, cfg.global_batch // parts * parts)
         raise ConfigError(f"DDPM batch {cfg.global_batch} does not split over {max(workers, 1)} worker(s) x "
-                          f"grad_accum {cfg.grad_accum}; use --batch-size {max(parts, cfg.global_batch // parts * parts)}"
-                          " or another --workers")
+                          f"grad_accum {cfg.grad_accum}; use --batch-size {fits} or another --workers")
     return cfg
 
 
