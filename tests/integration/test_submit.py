@@ -154,7 +154,6 @@ def test_failed_job_makes_wait_exit_1(ray_head, tmp_path):
     assert status.returncode == 1 and "FAILED" in status.stdout
 
 
-@pytest.mark.skipif(not SMOKE_SWEEP.is_file(), reason="sweeps/smoke_cpu.yaml not written yet")
 def test_smoke_sweep_submitted_with_wait_succeeds_and_its_storage_builds_a_leaderboard(ray_head, tmp_path):
     storage = tmp_path / "storage"
     done = cli("submit", str(SMOKE_SWEEP.relative_to(REPO)), "--address", ray_head, "--storage", str(storage),
