@@ -88,6 +88,8 @@ def configure_console(verbose: bool = False) -> None:
 def usage_line(err: typer.TyperException) -> str:
     """A usage error (unknown command or option, bad value, missing argument) as one line with where to look."""
     message = " ".join(err.format_message().split())
+    if message.startswith("No such option: --verbose") or message.startswith("No such option: -v"):
+        message += " (--verbose is a global option: dia-ray --verbose COMMAND ...)"
     ctx = getattr(err, "ctx", None)
     return f"dia-ray: error: {message}" + (f" (see '{ctx.command_path} --help')" if ctx is not None else "")
 

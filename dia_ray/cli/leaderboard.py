@@ -29,6 +29,8 @@ def leaderboard(
     from dia_ray.results.report import publish
 
     parse_formats(formats)
+    if formats and not any(part.strip() for item in formats for part in item.split(",")):
+        raise ConfigError(f"--format {','.join(formats)!r} names no format; choose from: md, csv, html, json")
     if by not in ("method", "config"):
         raise ConfigError(f"--by '{by}' unknown; choose from: method, config")
     if out is not None or storage.is_dir():  # where the files go, checked before anything is read or written

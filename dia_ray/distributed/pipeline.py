@@ -58,8 +58,8 @@ def check_address(address: str) -> None:
     dashboard URL (http://...:8265) is for `dia-ray submit` / `jobs`."""
     import re
 
-    if address == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}",
-                                         address):
+    match = re.fullmatch(r"(?:ray://)?(?:[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})", address)
+    if address == "auto" or (match and 0 < int(match.group(1)) < 65536):
         return
     hint = (" (an http:// URL is the dashboard / Jobs API: use it with `dia-ray submit` and `dia-ray jobs`)"
             if address.startswith(("http://", "https://")) else "")
@@ -235,6 +235,21 @@ def check_dissolve_inputs(cfg: TrainConfig, ddpm: str | os.PathLike | None, bank
     return None, folder
 
 
+def check_dissolve_resolution(cfg: TrainConfig, ref: DataRef) -> None:
+    """MedMNIST-size (28 px) images are dissolved at resolution 32 only (ALGORITHM.md §3): refused here, not after a
+    DDPM at another resolution has been trained."""
+    from dia_ray.algo.resolution import check_resolution
+    from dia_ray.data.registry import get_spec
+
+    if cfg.dissolve.kind == "none":
+        return
+    size = get_spec(ref.dataset, normal_class=ref.normal_class, image_size=ref.image_size).image_size
+    try:
+        check_resolution(size, cfg.dissolve.resolution)
+    except ValueError as err:
+        raise ConfigError(f"{err}; drop --set dissolve.resolution or set it to 32") from None
+
+
 def run_training(cfg: TrainConfig, ref: DataRef, storage: Path, placement: Placement, cpus_per_worker: float, *,
                  budget: str | None = None, ddpm: str | os.PathLike | None = None,
                  bank: str | os.PathLike | None = None, **kwargs: Any):
@@ -244,6 +259,7 @@ def run_training(cfg: TrainConfig, ref: DataRef, storage: Path, placement: Place
     from dia_ray.distributed.train_dia import train_dia_ray
 
     ddpm, bank = check_dissolve_inputs(cfg, ddpm, bank)
+    check_dissolve_resolution(cfg, ref)
     if ddpm is not None:
         try:
             load_ddpm(ddpm)

@@ -51,6 +51,7 @@ CASES = [
     ("missing-option", ["train", "--dataset", "synthetic"], "Missing option '--storage'"),
     ("unknown-command", ["trian"], "No such command 'trian'. Did you mean 'train'?"),
     ("bank-versions-0", BANK + ["--storage", "{tmp}/st", "--versions", "0"], "Invalid value for '--versions'"),
+    ("verbose-after-the-command", TRAIN + ["--storage", "{tmp}/st", "--verbose"], "--verbose is a global option"),
     ("log-level-env", ["data", "check", "--data-root", "{data}"], "DIA_RAY_LOG_LEVEL='LOUD' is not a log level"),
     # data prepare / check
     ("prepare-root-under-file", ["data", "prepare", "--dataset", "synthetic", "--data-root", "{file}/sub"],
@@ -96,6 +97,8 @@ CASES = [
     ("workers-over-cpus", TRAIN + ["--storage", "{tmp}/st", "--workers", "999"], "--workers 999 is more than"),
     ("address-is-dashboard-url", TRAIN + ["--storage", "{tmp}/st", "--address", "http://127.0.0.1:8265"],
      "is not a Ray cluster address"),
+    ("address-port-out-of-range", TRAIN + ["--storage", "{tmp}/st", "--address", "127.0.0.1:99999"],
+     "'127.0.0.1:99999' is not a Ray cluster address"),
     ("address-unreachable", TRAIN + ["--storage", "{tmp}/st", "--address", "127.0.0.1:{free_port}"],
      "cannot reach a Ray cluster at 127.0.0.1:"),
     # train: --ddpm / --bank
@@ -105,6 +108,8 @@ CASES = [
     ("ddpm-is-a-file", DIA + ["--storage", "{tmp}/st", "--ddpm", "{file}"], "--ddpm {file} is a file"),
     ("ddpm-missing", DIA + ["--storage", "{tmp}/st", "--ddpm", "{tmp}/nope"], "--ddpm {tmp}/nope not found"),
     ("ddpm-other-resolution", DIA + ["--storage", "{tmp}/st", "--ddpm", "{ddpm:r64}"], "trained at resolution 64"),
+    ("dissolve-resolution-for-28px", DIA + ["--storage", "{tmp}/st", "--set", "dissolve.resolution=64"],
+     "dissolved at resolution 32 (pad 2), not 64"),
     ("ddpm-with-csi", TRAIN + ["--storage", "{tmp}/st", "--ddpm", "{ddpm:r64}"], "--ddpm is used only by --method dia"),
     ("bank-with-csi", TRAIN + ["--storage", "{tmp}/st", "--bank", "{dir}"], "--bank is used only by --method dia"),
     ("bank-not-a-bank", DIA + ["--storage", "{tmp}/st", "--bank", "{dir}"], "no manifest.json"),
@@ -146,6 +151,7 @@ CASES = [
     ("leaderboard-out-is-a-file", ["leaderboard", "{dir}", "--out", "{file}"], "--out {file} is a file"),
     ("leaderboard-out-under-a-file", ["leaderboard", "{dir}", "--out", "{file}/o"], "cannot be created"),
     ("leaderboard-out-unwritable", ["leaderboard", "{dir}", "--out", "{locked}/o"], "--out {locked}/o is not writable"),
+    ("leaderboard-format-empty", ["leaderboard", "{dir}", "--format", ","], "names no format"),
     ("leaderboard-by", ["leaderboard", "{dir}", "--by", "seed"], "--by 'seed' unknown"),
     ("leaderboard-storage-is-file", ["leaderboard", "{file}"], "is not a directory"),
 ]
