@@ -1,8 +1,8 @@
 """Progress of long work and the format of every console line dia-ray writes.
 
-A :class:`Progress` draws a tqdm bar when its stream is a terminal and otherwise (Ray workers, CI, ``> log``) logs a
-plain line at the start, every ``every_s`` seconds or ``every_frac`` of the work, and at the end — each with counts,
-throughput and ETA. Lines go through :mod:`logging`, so a Ray worker's lines carry its run context (see
+A :class:`Progress` draws a tqdm bar when stderr is a terminal and otherwise (Ray workers, CI, ``> log``) logs a
+plain line every ``every_frac`` of the work or ``every_s`` seconds, and at the end — each with counts, throughput and
+ETA. Lines go through :mod:`logging`, so a Ray worker's lines carry its run context (see
 :class:`ContextFilter`) and reach the driver through Ray's log forwarding. No Ray import: the pure-torch loops'
 hooks, Ray workers and the driver all use it.
 

@@ -54,14 +54,15 @@ def test_smoke_sweep_runs_both_datasets_concurrently_and_exactly_the_grid(ray_cl
     for ds in ("synthetic", "synthetic-folder"):
         exp = tmp_path / "sweeps/smoke_cpu" / ds / "tune"
         assert list(exp.glob("*/progress.csv")) and list(exp.glob("*/result.json")), "Tune loggers wrote nothing"
-    assert "leaderboard" in out.stdout
+    assert f"leaderboard: dia-ray leaderboard {tmp_path}" in out.stdout
 
 
 def test_sweep_without_resume_refuses_to_overwrite(ray_cluster, tmp_path):
     (tmp_path / "sweeps/smoke_cpu/synthetic/tune").mkdir(parents=True)
     out = _sweep(str(REPO / "sweeps/smoke_cpu.yaml"), "--storage", str(tmp_path),
                  "--address", ray_cluster.get_runtime_context().gcs_address, timeout=300)
-    assert out.returncode == 2 and "--resume" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert "already has results in" in out.stderr and "pass --resume to continue it" in out.stderr
 
 
 def test_killed_sweep_driver_resumes_keeping_every_finished_trial_once(ray_cluster, synthetic_root, tmp_path):
