@@ -63,6 +63,18 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    if not verbosity.raw:
+        quiet_ray_data(verbosity.libraries)
+
+
+def quiet_ray_data(level: int) -> None:
+    """Ray Data logs to its own console handler at INFO ("Execution plan ...", "Data sink Parquet finished") and warns
+    that the progress bars are off (dia-ray switches them off and prints its own progress): raise that handler to
+    ``level`` and drop the warning. Ray Data's log file (ray-data.log) keeps everything."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # the console one (the others write the session's files)
+            handler.setLevel(max(handler.level, level))
+            handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars"))
 
 
 def cluster_resources() -> dict[str, float]:
