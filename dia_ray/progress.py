@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -100,9 +101,10 @@ class Progress:
         finished = bool(self.total) and done >= self.total
         if not self.logger.isEnabledFor(logging.INFO):  # progress switched off (e.g. `bank build --quiet`)
             pass
-        elif self.tty:
+        elif self.tty and not finished:
             self._draw(note, extra, now)
-        elif self._due(now, finished):
+        elif self._due(now, finished):  # plain lines; on a terminal the bar goes and a pass's last line stays
+            self._close()
             self.logger.info(self.line(note, extra, now))
         if finished:
             self._close()
@@ -151,11 +153,15 @@ class Progress:
         if self._bar is None:
             from tqdm import tqdm
 
+            # the size once, with a fallback: tqdm draws nothing on a terminal that reports 0 x 0 (a fresh pty)
+            size = shutil.get_terminal_size()
             self._bar = tqdm(total=self.total, initial=self._d0 or 0, desc=self.label, unit=self.unit,
-                             file=sys.stderr, dynamic_ncols=True, leave=True)
+                             file=sys.stderr, ncols=size.columns, nrows=size.lines, leave=False,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]")
         self._bar.total = self.total
         self._bar.n = self.done
-        shown = ([note] if note else []) + ([self._rate(now)] if self._images else [])
+        shown = [note] if note else []
+        shown += [self._rate(now)] + ([f"ETA {duration(self.eta(now))}"] if self.total else [])
         self._bar.set_postfix_str(", ".join(shown + [f"{k} {_value(v)}" for k, v in extra.items()]), refresh=False)
         self._bar.refresh()
 

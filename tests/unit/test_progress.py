@@ -215,3 +215,14 @@ def test_a_lost_worker_is_reported_as_such_and_a_workers_own_error_as_itself():
     assert explain_failure(WorkerGroupError("x", {0: ValueError("a bug")})) is None  # bugs keep their traceback
     wrapped = RayTaskError("run_study", "Traceback ...", user)
     assert explain_failure(wrapped) is user or str(explain_failure(wrapped)) == str(user)
+
+
+def test_on_a_terminal_a_bar_then_the_last_line_stays(capsys, lines):
+    clock = Clock()
+    bar = Progress("DDPM", 10, unit="steps", tty=True, clock=clock)
+    for i in range(1, 11):
+        clock.t += 1.0
+        bar.at(i, images=4, since=i - 1, loss=0.5)
+    drawn = capsys.readouterr().err
+    assert "DDPM:  50%" in drawn and "5/10 steps" in drawn and "4.0 img/s, ETA 5s, loss 0.5" in drawn
+    assert lines() == ["DDPM: 10/10 steps (100%), 4.0 img/s, took 10s, loss 0.5"]
