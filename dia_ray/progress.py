@@ -59,15 +59,15 @@ class Progress:
     next one (e.g. the next evaluation).
 
     Plain lines: at every ``every_frac`` of the work and every ``every_s`` seconds, but never twice within ``min_s``
-    seconds, and the last line at the end. A pass that ends within ``min_s`` prints nothing (a 3-second evaluation
-    needs no progress line)."""
+    seconds, and the last line at the end; with ``announce``, also at the first call (the first rate and ETA at once).
+    Otherwise a pass that ends within ``min_s`` prints nothing (a 3-second evaluation needs no progress line)."""
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "it", logger: logging.Logger | None = None,
-                 every_s: float = 30.0, every_frac: float = 0.1, min_s: float = 5.0, tty: bool | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 every_s: float = 30.0, every_frac: float = 0.1, min_s: float = 5.0, announce: bool = False,
+                 tty: bool | None = None, clock: Callable[[], float] | None = None) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.logger = logger or log
-        self.every_s, self.every_frac, self.min_s = every_s, every_frac, min_s
+        self.every_s, self.every_frac, self.min_s, self.announce = every_s, every_frac, min_s, announce
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.clock = clock or time.monotonic
         self.done = 0
@@ -144,7 +144,7 @@ class Progress:
         last_t, last_bucket = self._last or (self._t0, 0)
         since = now - last_t
         due = (finished and (self._last is not None or since >= self.min_s)) or since >= self.every_s or (
-            bucket > last_bucket and since >= self.min_s)
+            bucket > last_bucket and since >= self.min_s) or (self.announce and self._last is None)
         if due:
             self._last = (now, bucket)
         return due
@@ -258,7 +258,7 @@ def fit_hooks(epochs: int, enabled: bool = True, **options: Any) -> dict[str, An
     ``enabled=False`` (ranks > 0): no hooks."""
     if not enabled:
         return {}
-    train = Progress("train", unit="it", **options)
+    train = Progress("train", unit="it", announce=True, **options)
     evaluation = Progress("eval", unit="images", **options)
 
     def on_iter(state: Any, images: int, iters_per_epoch: int) -> None:

@@ -578,7 +578,7 @@ def build_bank(
             num_cpus=num_cpus_per_actor,
             **gpu,
         )
-        with watch(lambda: parquet_rows(staging) // versions, Progress("bank", m, unit="images")):
+        with watch(lambda: parquet_rows(staging) // versions, Progress("bank", m, unit="images", announce=True)):
             out.write_parquet(str(staging))
         seconds = time.perf_counter() - t0
         return _finish(plan, staging, ref, images, seconds,

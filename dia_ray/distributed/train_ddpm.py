@@ -78,7 +78,7 @@ def _worker(config: dict[str, Any]) -> None:
     if world > 1:
         state.unet = prepare_model(state.unet, move_to_device=device)
 
-    progress = Progress("DDPM", cfg.steps, unit="steps")
+    progress = Progress("DDPM", cfg.steps, unit="steps", announce=True)
 
     def on_step(st, metrics: dict[str, float]) -> None:
         if rank == 0:
