@@ -181,7 +181,7 @@ def watch(count: Callable[[], int], progress: Progress, every_s: float = 2.0) ->
         while not stop.wait(every_s):
             done = count()
             if done > progress.done:
-                progress.at(done, images=done - progress.done)
+                progress.at(done, images=done - progress.done, since=progress.done)
 
     thread = threading.Thread(target=poll, name=f"progress-{progress.label}", daemon=True)
     thread.start()
@@ -192,7 +192,7 @@ def watch(count: Callable[[], int], progress: Progress, every_s: float = 2.0) ->
         thread.join()
     done = count()
     if done > progress.done:
-        progress.at(done, images=done - progress.done)
+        progress.at(done, images=done - progress.done, since=progress.done)
 
 
 def parquet_rows(folder: str | os.PathLike) -> int:

@@ -98,6 +98,7 @@ def test_watch_polls_a_counter_until_the_block_ends(lines):
         while bar.done < 7:
             pass
     assert bar.done == 10 and lines()[-1].startswith("bank: 10/10 images (100%)")
+    assert "ETA ?" not in "".join(lines())  # the first poll already has work done since the start
 
 
 def test_parquet_rows_skip_a_file_being_written(tmp_path):
