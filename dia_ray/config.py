@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dia_ray.errors import ConfigError
 
@@ -51,7 +51,7 @@ class DDPMConfig(_Strict):
     resolution: Literal[32, 64, 128] = 32
     steps: int = Field(25_000, ge=1)
     batch_size: int | None = Field(None, ge=1)
-    lr: float = 8e-5
+    lr: float = Field(8e-5, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_accum: int = Field(2, ge=1)
     clip_grad_norm: float = 1.0
@@ -108,9 +108,9 @@ class DissolveConfig(_Strict):
 class OptimConfig(_Strict):
     """LARS(SGD) with warm-up and cosine, the reference code's values (ALGORITHM.md §4.7), not the paper's 0.001."""
 
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-6, ge=0)
     trust_coef: float = 0.001
     eps: float = 1e-8
     warmup_epochs: float = 10.0
@@ -118,12 +118,20 @@ class OptimConfig(_Strict):
     cosine_t_max: float = 1000.0  # the cosine horizon stays 1000 epochs even when training stops earlier
 
 
+def _crop_scale(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < value[0] <= value[1] <= 1:
+        raise ValueError(f"crop_scale needs 0 < low <= high <= 1, got {list(value)}")
+    return value
+
+
 class EvalConfig(_Strict):
     samples: int = Field(10, ge=1)  # S random augmentations per image and shift (CSI `ood_samples`)
     crop_scale: tuple[float, float] = (0.54, 1.0)  # or (0.54, 0.54) for `--resize_fix`
     every: int = Field(1, ge=1)  # evaluate every N epochs (the paper: every epoch, model picked on test AUROC)
     batch_size: int = Field(128, ge=1)
-    max_train_images: int | None = None  # cap the train bank used for the CSI weights/axis (None = all)
+    max_train_images: int | None = Field(None, ge=1)  # cap the train bank for the CSI weights/axis (None = all)
+
+    _check_crop = field_validator("crop_scale")(_crop_scale)
 
 
 class DisyreUNetConfig(_Strict):
@@ -213,23 +221,23 @@ class TrainConfig(_Strict):
     dataset: str
     method: Method = "dia"
     normal_class: str | None = None  # None = the paper's choice for the dataset
-    image_size: int | None = None  # None = the dataset's (28 MedMNIST, 224 folders)
+    image_size: int | None = Field(None, ge=8)  # None = the dataset's (28 MedMNIST, 224 folders)
     backbone: Literal["resnet18_imagenet", "resnet18"] = "resnet18_imagenet"
     shift: Literal["rotation", "cutperm"] = "rotation"
     batch_size: int = Field(32, ge=2)  # images per step (global); views = 3 * 4 * batch for DIA
     epochs: int = Field(200, ge=1)  # "best model within 200 epochs"; cosine horizon stays optim.cosine_t_max
     max_iters_per_epoch: int = Field(201, ge=1)
-    temperature: float = 0.5
+    temperature: float = Field(0.5, gt=0)
     loss_mode: Literal["shifted_removed", "naive"] = "shifted_removed"
     crop_scale: tuple[float, float] = (0.08, 1.0)
-    simclr_dim: int = 128
+    simclr_dim: int = Field(128, ge=1)
     optim: OptimConfig = OptimConfig()
     dissolve: DissolveConfig = DissolveConfig()
     eval: EvalConfig = EvalConfig()
     disyre: DisyreConfig = DisyreConfig()  # method "disyre" only
     seed: int = 0
-    max_train_images: int | None = None  # subsample the normal training set (None = all)
-    max_test_images: int | None = None  # stratified subsample of the test set (None = all)
+    max_train_images: int | None = Field(None, ge=1)  # subsample the normal training set (None = all)
+    max_test_images: int | None = Field(None, ge=2)  # stratified subsample of the test set (None = all)
     # The reference reseeds python/numpy/torch at every evaluation (set_random_seed(s) per eval sample), so every epoch
     # after an evaluation replays the same shuffles, flips, t draws and augmentations. True reproduces that (the
     # replayed stream does not depend on ``seed``, as in the reference); False draws fresh randomness every epoch.
@@ -248,6 +256,8 @@ class TrainConfig(_Strict):
                                  "the dissolving UNet included)")
             data = {**data, "dissolve": {k: v for k, v in dissolve.items() if k != "autocast_bf16"}}
         return data
+
+    _check_crop = field_validator("crop_scale")(_crop_scale)
 
     @model_validator(mode="after")
     def _method_matches_dissolve(self) -> "TrainConfig":

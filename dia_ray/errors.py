@@ -29,3 +29,7 @@ class BankError(DiaRayError):
 
 class ClusterError(DiaRayError):
     """A Ray cluster cannot be reached or cannot provide the requested resources."""
+
+
+class NodeLostError(ClusterError):
+    """A Ray node or worker process died during the work (preemption, OOM kill, crash); rerunning resumes."""

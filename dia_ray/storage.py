@@ -340,11 +340,16 @@ class Storage:
         return final
 
     def ensure_writable(self) -> "Storage":
-        """Create the root if needed and prove a file can be written and removed there (one clear line if not)."""
+        """Prove the root can be written, one clear line if not. A local root is checked without creating anything
+        (commands validate every input first; the stages create their folders when they write); an object store
+        gets a probe object written and removed (it has no folders to leave behind)."""
+        if self.local:
+            from dia_ray.paths import writable_dir
+
+            writable_dir(self.base, "storage")
+            return self
         name = f".write-test-{uuid.uuid4().hex}"
         try:
-            if self.local:
-                Path(self.base).mkdir(parents=True, exist_ok=True)
             self.write_bytes(b"ok", name)
             self.delete(name)
         except StorageError as err:

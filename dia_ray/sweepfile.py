@@ -42,8 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dia_ray.config import TrainConfig, deep_update, parse
 from dia_ray.errors import ConfigError
+from dia_ray.paths import existing_file
 
 SPECIAL_KEYS = ("method", "dissolve.t_range")
+MAX_GRID = 10_000  # trials per dataset: a grid above this is a typo (a step too small), refused before it is built
 
 
 class _Strict(BaseModel):
@@ -74,6 +76,8 @@ class Param(_Strict):
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("log scale needs low > 0")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
         return self
 
     @property
@@ -83,12 +87,18 @@ class Param(_Strict):
         vals = [self.low, self.high] + ([self.step] if self.step else [])
         return all(float(v).is_integer() for v in vals if v is not None) and not self.log
 
+    def grid_size(self) -> int:
+        """Points of this dimension in a grid, without listing them."""
+        if self.choices is not None:
+            return len(self.choices)
+        if self.step is None:
+            raise ValueError("a grid needs choices or a step")
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
     def grid_values(self) -> list[Any]:
         if self.choices is not None:
             return list(self.choices)
-        if self.step is None:
-            raise ValueError("a grid needs choices or a step")
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        n = self.grid_size()
         vals = [self.low + i * self.step for i in range(n)]
         return [int(v) for v in vals] if self.is_int else vals
 
@@ -194,25 +204,41 @@ class SweepFile(_Strict):
                 raise ValueError("dataset 'folder' needs normal_class")
         if "method" in self.space and len(self.methods) > 1:
             raise ValueError("give the methods either as `methods` or as a `method` dimension of `space`")
+        t_range = self.space.get("dissolve.t_range")
+        if t_range is not None:
+            bad = next((c for c in t_range.choices or [] if not _is_step_pair(c)), None)
+            if t_range.choices is None or bad is not None:
+                raise ValueError("space.dissolve.t_range: give choices, each a pair [t_min, t_max] of integer steps, "
+                                 f"e.g. {{choices: [[30, 130], [130, 230]]}}" + (f"; got {bad!r}" if bad is not None
+                                                                                 else ""))
         if self.sampler == "grid":
+            sizes = {}
             for key, p in self.search_space().items():
                 try:
-                    p.grid_values()
+                    sizes[key] = p.grid_size()
                 except ValueError:
                     raise ValueError(f"space.{key}: a grid needs choices or a step") from None
+            if math.prod(sizes.values()) > MAX_GRID:
+                dims = " x ".join(f"{k} {n:,}" for k, n in sizes.items())
+                raise ValueError(f"the grid has {math.prod(sizes.values()):,} points ({dims}), more than the "
+                                 f"{MAX_GRID:,} trials per dataset a sweep runs; use fewer choices or larger steps, "
+                                 "or sampler tpe/random with trials_per_dataset")
         if self.dissolve_mode == "bank":
             for key in ("dissolve.t_range", "dissolve.t_min", "dissolve.t_max", "dissolve.resolution"):
                 if key in self.space and self.space[key].choices is None:
                     raise ValueError(f"space.{key}: dissolve_mode bank needs choices (one bank per value)")
-        # every dimension must produce a valid TrainConfig
-        for key, p in self.search_space().items():
-            values = p.choices if p.choices is not None else [p.example()]
-            for value in values:
-                try:
-                    self.train_config(self.datasets[0], {key: value}, self.seeds[0])
-                except ConfigError as err:
-                    raise ValueError(f"space.{key}={value!r}: {err}") from None
-        self.train_config(self.datasets[0], {}, self.seeds[0])
+        from dia_ray.config import DDPMConfig, budget_overrides, default_budget
+
+        try:  # the fixed part first (its errors are not a dimension's), then every value of every dimension
+            for ds in self.datasets:
+                parse(DDPMConfig, deep_update(budget_overrides(self.budget or default_budget(ds), "ddpm"), self.ddpm),
+                      "ddpm")
+            self.train_config(self.datasets[0], {}, self.seeds[0], what="base")
+            for key, p in self.search_space().items():
+                for value in p.choices if p.choices is not None else [p.example()]:
+                    self.train_config(self.datasets[0], {key: value}, self.seeds[0], what=f"space.{key}={value!r}")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         return self
 
     def search_space(self) -> dict[str, Param]:
@@ -230,7 +256,9 @@ class SweepFile(_Strict):
 
     def trials(self) -> int:
         """Configurations per dataset (each runs once per seed)."""
-        return len(self.grid()) if self.is_grid else self.trials_per_dataset
+        if self.is_grid:
+            return math.prod(p.grid_size() for p in self.search_space().values())
+        return self.trials_per_dataset
 
     @property
     def is_grid(self) -> bool:
@@ -248,8 +276,8 @@ class SweepFile(_Strict):
         r = self.resources
         return r.model_copy(update={"gpus_per_worker": 1.0 if r.uses_gpu else 0.0})
 
-    def train_config(self, dataset: str, params: dict[str, Any], seed: int) -> TrainConfig:
-        """The TrainConfig of one (dataset, sampled params, seed)."""
+    def train_config(self, dataset: str, params: dict[str, Any], seed: int, what: str | None = None) -> TrainConfig:
+        """The TrainConfig of one (dataset, sampled params, seed); ``what`` names it in errors."""
         from dia_ray.config import budget_overrides, default_budget
 
         params = dict(params)
@@ -274,7 +302,12 @@ class SweepFile(_Strict):
         data = deep_update(deep_update(deep_update(base, self.base), over),
                            {"dataset": dataset, "method": method, "seed": seed,
                             **({"normal_class": self.normal_class} if self.normal_class else {})})
-        return parse(TrainConfig, data, f"sweep '{self.name}'")
+        return parse(TrainConfig, data, what or f"sweep '{self.name}'")
+
+
+def _is_step_pair(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
 
 
 def encode_choice(value: Any) -> Any:
@@ -294,9 +327,7 @@ def decode_params(config: dict[str, Any], space: dict[str, Param]) -> dict[str, 
 
 def load_sweep(path: str | Path, data_root: str | None = None) -> SweepFile:
     """Read and validate a sweep file; every problem is one :class:`ConfigError` line naming the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} not found")
+    path = existing_file(path, "sweep file", ConfigError)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -108,3 +108,32 @@ def s3_bucket(s3_server) -> str:
     name = f"dia-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path) -> Path:
+    """A directory in which nobody can create anything — root included: mode 0500 for a normal user; for root (who
+    ignores permission bits) the immutable attribute (`chattr +i`, ext2/3/4, xfs, btrfs), removed afterwards."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o500)
+        yield locked
+        locked.chmod(0o700)
+        return
+    done = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root and `chattr +i` is refused here ({done.stderr.strip()}): no way to make a "
+                    "directory unwritable for this test")
+    try:
+        yield locked
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

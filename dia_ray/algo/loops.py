@@ -195,9 +195,15 @@ def contrastive_loss(model: torch.nn.Module, views: torch.Tensor, labels: torch.
     return loss, {"loss_sim": float(l_sim.detach()), "loss_shift": float(l_shift.detach())}
 
 
+IterHook = Callable[[DIAState, int, int], None]  # (state, images in the iteration (global), iterations per epoch)
+BatchHook = Callable[[int, int], None]  # (images just featurised, images in this evaluation); (0, total) first
+
+
 def train_epoch(state: DIAState, data: DIAData, cfg: TrainConfig, dissolver: Dissolver | None, *,
-                device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> dict[str, float]:
-    """One epoch (≤ ``max_iters_per_epoch`` iterations); LR set per iteration from the fractional epoch."""
+                device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
+                on_iter: IterHook | None = None) -> dict[str, float]:
+    """One epoch (≤ ``max_iters_per_epoch`` iterations); LR set per iteration from the fractional epoch.
+    ``on_iter`` (progress) runs after every iteration."""
     model = state.model
     model.train()
     n, b = len(data.train), min(cfg.batch_size, len(data.train))
@@ -222,6 +228,8 @@ def train_epoch(state: DIAState, data: DIAData, cfg: TrainConfig, dissolver: Dis
         sums["loss"] += float(loss.detach())
         for key, value in parts.items():
             sums[key] += value
+        if on_iter is not None:
+            on_iter(state, len(idx) * world, min(length, cfg.max_iters_per_epoch))
     state.train_seconds += time.perf_counter() - t0
     state.epoch += 1
     out = {key: value / max(iters, 1) for key, value in sums.items()}
@@ -231,16 +239,21 @@ def train_epoch(state: DIAState, data: DIAData, cfg: TrainConfig, dissolver: Dis
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: DIAData, cfg: TrainConfig, device: torch.device | str = "cpu",
-             seed: int = 0) -> tuple[float, torch.Tensor]:
-    """(AUROC, CSI scores of the test images). Rotation (or the training shift family), no dissolving."""
+             seed: int = 0, on_batch: BatchHook | None = None) -> tuple[float, torch.Tensor]:
+    """(AUROC, CSI scores of the test images). Rotation (or the training shift family), no dissolving.
+    ``on_batch`` (progress) runs once with 0 images, then after every feature-extraction batch."""
     net = unwrap(model)
     train = data.train
     if cfg.eval.max_train_images and len(train) > cfg.eval.max_train_images:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: cfg.eval.max_train_images]
         train = train[pick.sort().values]
+    total = (len(train) + len(data.test)) * cfg.eval.samples
+    if on_batch is not None:
+        on_batch(0, total)
     common = dict(shift=cfg.shift, n_shifts=N_SHIFTS, samples=cfg.eval.samples,
                   crop_scale=tuple(cfg.eval.crop_scale), batch_size=cfg.eval.batch_size, device=device, seed=seed,
-                  precision=cfg.precision)
+                  precision=cfg.precision,
+                  on_batch=None if on_batch is None else lambda n: on_batch(n, total))
     weights = csi_weights(extract_features(net, train, **common))
     scores = csi_score(extract_features(net, data.test, **common), weights).cpu()
     return auroc(scores, data.test_labels), scores
@@ -250,20 +263,22 @@ EpochHook = Callable[[DIAState, dict[str, Any]], None]
 
 
 def fit(cfg: TrainConfig, data: DIAData, dissolver: Dissolver | None, *, device: torch.device | str = "cpu",
-        state: DIAState | None = None, rank: int = 0, world: int = 1, on_epoch: EpochHook | None = None
-        ) -> DIAState:
+        state: DIAState | None = None, rank: int = 0, world: int = 1, on_epoch: EpochHook | None = None,
+        on_iter: IterHook | None = None, on_eval: BatchHook | None = None) -> DIAState:
     """Train from ``state.epoch`` to ``cfg.epochs``; evaluate on rank 0 every ``cfg.eval.every`` epochs and after
     the last, tracking the last-epoch AUROC (honest) and the best-on-test AUROC (the paper's model selection).
-    ``on_epoch(state, metrics)`` runs on every rank after every epoch (checkpointing / reporting)."""
+    ``on_epoch(state, metrics)`` runs on every rank after every epoch (checkpointing / reporting); ``on_iter`` and
+    ``on_eval`` report progress (see :func:`train_epoch`, :func:`evaluate`)."""
     state = state or new_dia_state(cfg, device, rank)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = train_epoch(state, data, cfg, dissolver, device=device, rank=rank, world=world)
+        metrics: dict[str, Any] = train_epoch(state, data, cfg, dissolver, device=device, rank=rank, world=world,
+                                              on_iter=on_iter)
         due = state.epoch % cfg.eval.every == 0 or state.epoch == cfg.epochs
         if cfg.reference_rng and due:
             reseed_like_reference(state, cfg, rank)  # every rank, so all replay together
         if rank == 0 and due:
-            score, scores = evaluate(state.model, data, cfg, device)
+            score, scores = evaluate(state.model, data, cfg, device, on_batch=on_eval)
             state.last_auroc, state.last_scores = score, scores.tolist()
             if not (state.best_auroc >= score):  # also replaces the initial NaN
                 state.best_auroc, state.best_epoch = score, state.epoch

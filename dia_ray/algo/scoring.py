@@ -10,6 +10,7 @@ reseeded with s for sample s (§10.10: the training RNG is untouched).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +42,11 @@ def extract_features(
     device: torch.device | str = "cpu",
     seed: int = 0,
     precision: Precision = "fp32",
+    on_batch: Callable[[int], None] | None = None,
 ) -> Features:
     """images: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1]. v = A_eval(S_k(F(x))), a fresh flip per k.
-    The network runs in ``precision``; features are averaged in fp32."""
+    The network runs in ``precision``; features are averaged in fp32. ``on_batch(n)`` (progress) runs after
+    each batch of n images."""
     was_training = model.training
     model.eval()
     images = torch.as_tensor(images)
@@ -63,6 +66,8 @@ def extract_features(
             b = x.shape[0]
             zs.append(z.float().view(n_shifts, b, -1))
             ls.append(logits.float().view(n_shifts, b, -1))
+            if on_batch is not None:
+                on_batch(b)
         z_s, l_s = torch.cat(zs, dim=1), torch.cat(ls, dim=1)
         z_sum = z_s if z_sum is None else z_sum + z_s
         l_sum = l_s if l_sum is None else l_sum + l_s

@@ -15,6 +15,8 @@ ADDRESS_ENVVARS = ["DIA_RAY_ADDRESS", "RAY_ADDRESS"]
 ADDRESS_HELP = ("Ray dashboard / Jobs API URL, e.g. http://127.0.0.1:8265 (through `ssh -L` or `kubectl "
                 "port-forward`). Default: $DIA_RAY_ADDRESS, then $RAY_ADDRESS.")
 
+JOB_ID = "The job's submission id, as `dia-ray submit` and `dia-ray jobs list` print it (raysubmit_...)."
+
 jobs_app = typer.Typer(help="List, inspect, follow and stop jobs on a Ray cluster.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 
@@ -92,7 +94,7 @@ def list_(address: Optional[str] = _address_option()) -> None:
 
 
 @jobs_app.command("status")
-def status(job_id: str = typer.Argument(...), address: Optional[str] = _address_option()) -> None:
+def status(job_id: str = typer.Argument(..., help=JOB_ID), address: Optional[str] = _address_option()) -> None:
     """Status, message and times of one job; exit code 0 unless the job FAILED or was STOPPED."""
     from dia_ray.distributed.jobs import exit_code, job_info
 
@@ -108,7 +110,7 @@ def status(job_id: str = typer.Argument(...), address: Optional[str] = _address_
 
 @jobs_app.command("logs")
 def logs(
-    job_id: str = typer.Argument(...),
+    job_id: str = typer.Argument(..., help=JOB_ID),
     address: Optional[str] = _address_option(),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
 ) -> None:
@@ -121,7 +123,7 @@ def logs(
 
 
 @jobs_app.command("stop")
-def stop(job_id: str = typer.Argument(...), address: Optional[str] = _address_option()) -> None:
+def stop(job_id: str = typer.Argument(..., help=JOB_ID), address: Optional[str] = _address_option()) -> None:
     """Stop a running job (its trials are cancelled; finished results stay in storage)."""
     from dia_ray.distributed.jobs import stop_job
 

@@ -46,9 +46,18 @@ def leaderboard(
 ) -> None:
     """Print the leaderboard (mean ± std over seeds, DeLong CIs, paper comparison) and write tables, the HTML
     report and figures (PNG, SVG, PDF)."""
+    from pathlib import Path
+
+    from dia_ray.errors import ConfigError
+    from dia_ray.paths import writable_dir
     from dia_ray.results.leaderboard import DATA_FORMATS, parse_formats
+    from dia_ray.storage import is_uri
 
     wanted = parse_formats(formats)
+    if formats and not any(part.strip() for item in formats for part in item.split(",")):
+        raise ConfigError(f"--format {','.join(formats)!r} names no format; choose from: md, csv, json, html, latex")
+    if by not in ("method", "config"):
+        raise ConfigError(f"--by '{by}' unknown; choose from: method, config")
     if len(wanted) == 1 and wanted[0] in DATA_FORMATS:
         report = publish_or_explain(storage, formats=wanted, compare_paper=compare_paper, by=by, write=False,
                                     figures=False, terminal=False)
@@ -56,6 +65,11 @@ def leaderboard(
         (data,) = report.files.values()
         typer.echo(data, nl=False)
         return
+    # where the files go (local folders), checked before anything is read or written
+    if out is not None and not is_uri(out):
+        writable_dir(out, "--out")
+    elif out is None and not is_uri(storage) and Path(storage).is_dir():
+        writable_dir(Path(storage) / "leaderboard", "leaderboard folder")
     report = publish_or_explain(storage, formats=wanted, out=out, compare_paper=compare_paper, by=by, wide=wide)
     warn_problems(report.problems)
     typer.echo(report.text)

@@ -34,6 +34,10 @@ def sweep(
     """Run a sweep file; progress per dataset is logged; ends with the best configuration per dataset. Exit code 0:
     everything finished; 3: partial (a study failed or trials errored — rerun with --resume); 2: bad input."""
     from dia_ray.errors import ConfigError
+    from dia_ray.data.loading import check_data_root
+    from dia_ray.distributed.pipeline import check_address
+    from dia_ray.paths import writable_dir
+    from dia_ray.storage import is_uri
     from dia_ray.sweepfile import load_sweep
 
     spec = load_sweep(file, data_root)
@@ -46,6 +50,12 @@ def sweep(
         raise ConfigError("--cluster describes a cluster shape for --dry-run only; to run on a cluster pass --address")
     if not storage:
         raise ConfigError("--storage is required (a folder or a URI such as s3://bucket/prefix)")
+    if address is not None:
+        check_address(address)
+    if not is_uri(storage):
+        writable_dir(storage, "storage")
+    if spec.data_root and not is_uri(spec.data_root):
+        check_data_root(spec.data_root)
     from dia_ray.distributed.sweep import run_sweep
 
     outcome = run_sweep(spec, storage, address=address, resume=resume, mlflow_uri=mlflow_uri,
@@ -62,7 +72,7 @@ def sweep(
                    f"{s['records']}")
         for err in s["errors"]:
             typer.echo(f"  {s['dataset']}: errored trial: {err}", err=True)
-    typer.echo(f"leaderboard: dia-ray leaderboard {storage}")
+    typer.echo(f"leaderboard: dia-ray leaderboard {storage}   (trial logs: tensorboard --logdir {storage}/sweeps)")
     if outcome.failed:
         names = ", ".join(f"{s['dataset']} ({s['status']})" for s in outcome.failed)
         typer.echo(f"dia-ray: sweep partial: {names}; rerun with --resume to retry", err=True)

@@ -10,6 +10,7 @@ import numpy as np
 from dia_ray.data.loading import ImageSplit, LoadedDataset, load_dataset, source_path
 from dia_ray.data.registry import FOLDER, REGISTRY
 from dia_ray.errors import DataError
+from dia_ray.paths import existing_dir
 
 
 def check_data(data_root, name: str | None = None, *, normal_class: str | None = None) -> list[dict]:
@@ -20,8 +21,9 @@ def check_data(data_root, name: str | None = None, *, normal_class: str | None =
     Nothing is generated or downloaded.
     """
     root = Path(data_root).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise DataError(f"data root {root} does not exist; pass --data-root DIR or set DIA_RAY_DATA_ROOT")
+    existing_dir(root, "data root", DataError)
     names = [name] if name else present_datasets(root, folder=normal_class is not None)
     if not names:
         looked = ", ".join(source_path(s, root).name + ("" if s.is_medmnist else "/") for s in REGISTRY.values())

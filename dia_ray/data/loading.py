@@ -18,6 +18,10 @@ import numpy as np
 from dia_ray.data import folders, npz, synthetic
 from dia_ray.data.registry import FOLDER, DatasetSpec, get_spec
 from dia_ray.errors import DataError
+from dia_ray.paths import existing_dir, file_above, writable_dir
+
+# MedMNIST's file sizes (MedMNIST+ adds 64, 128 and 224 px to the original 28 px)
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,15 @@ class LoadedDataset:
     test: ImageSplit  # every class of the test split
     source: Path  # the file / folder it was read from
     split_info: dict  # {"presplit": True} or {"presplit": False, "test_fraction": .., "seed": ..}; + train_excluded
+
+
+def check_data_root(root: str | os.PathLike) -> Path:
+    """A data root that exists must be a directory, and a missing one must not be under a file (a missing root is
+    fine here: loading then says which file or folder to put there)."""
+    root = Path(root).expanduser()
+    if root.exists() or file_above(root):
+        existing_dir(root, "data root", DataError)
+    return root
 
 
 def default_data_root() -> Path:
@@ -72,7 +85,11 @@ def prepare(name: str, data_root, *, seed: int = 0, online: bool = False, force:
         raise DataError("dataset 'folder' is your own images: put them in DIR/train/<class>/ and DIR/test/<class>/, "
                         "then use --dataset folder --data-root DIR --normal-class NAME")
     spec = _spec(name, image_size=image_size)
-    root = Path(data_root).expanduser()
+    if spec.is_medmnist and not spec.synthetic and spec.image_size not in MEDMNIST_SIZES:
+        raise DataError(f"MedMNIST has {name} at {', '.join(map(str, MEDMNIST_SIZES))} px, not {spec.image_size}; "
+                        "pick one of these with --image-size")
+    root = writable_dir(data_root, "data root", DataError) if spec.synthetic or online else \
+        Path(data_root).expanduser()
     path = source_path(spec, root)
     if spec.synthetic:
         if force or not path.exists():
@@ -111,9 +128,11 @@ def load_dataset(name: str, data_root, *, normal_class: str | None = None, image
     spec = _spec(name, normal_class, image_size)
     root = Path(data_root).expanduser()
     if spec.synthetic and generate_missing and not source_path(spec, root).exists():
+        writable_dir(root, "data root", DataError)
         root.mkdir(parents=True, exist_ok=True)
         _generate(spec, root, seed)
 
+    check_data_root(root)
     if spec.is_medmnist:
         splits, source, split_info = npz.read_medmnist(spec, root)
         normal = resolve_normal_classes(spec, np.concatenate([c for _, c in splits.values()]))
@@ -192,7 +211,10 @@ def resolve_normal_classes(spec: DatasetSpec, present: np.ndarray) -> tuple[str,
 
 def _require_normal(normal: tuple[str, ...], train_classes: np.ndarray, source: Path) -> None:
     found = sorted(set(train_classes.tolist()))
-    for cls in normal or ("<none>",):
+    if not found:
+        raise DataError(f"{source}: the train split holds no images; one-class training needs normal training "
+                        "images (replace the file or folder)")
+    for cls in normal:
         if cls not in found:
             raise DataError(f"{source}: normal class '{cls}' not present in the train split (classes found: "
                             f"{', '.join(found)}); pick one with --normal-class")

@@ -92,6 +92,7 @@ REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
 PAPER_DATASETS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.paper)
 SYNTHETIC_DATASETS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.synthetic)
 FOLDER = "folder"  # the user's own data: DIR/{train,test}/<class>/, normal class from --normal-class
+MIN_IMAGE_SIZE = 8  # px; below, ResNet-18's stem leaves nothing to learn from
 
 
 def known_names() -> tuple[str, ...]:
@@ -105,6 +106,11 @@ def get_spec(name: str, *, normal_class: str | None = None, image_size: int | No
     ``folder`` is the generic dataset for the user's own images: its data root *is* the folder holding
     ``train/`` and ``test/``, and ``normal_class`` is required.
     """
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise DataError(f"--image-size {image_size} is too small; images are at least {MIN_IMAGE_SIZE} px")
+    if normal_class is not None and not [c for c in normal_class.split(",") if c.strip()]:
+        raise DataError(f"--normal-class '{normal_class}' names no class; give one or more class names, "
+                        "comma-separated (see `dia-ray data check`)")
     if name == FOLDER:
         if not normal_class:
             raise DataError("dataset 'folder' needs --normal-class NAME (the class folder holding normal images)")

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import BankError, ClusterError, ConfigError, StorageError
 from dia_ray.storage import Storage, open_storage
+from dia_ray.progress import Progress, parquet_rows, watch
 
 log = logging.getLogger(__name__)
 
@@ -385,9 +386,9 @@ class DissolveActor:
         rows = dissolve_rows(self.dissolver, batch["image_id"], batch["pixels"], self.recipe)
         rows["actor"] = np.full(len(rows["image_id"]), self.actor)
         self.images += len(batch["image_id"])
-        log.info("actor %s: dissolved images %d..%d x %d versions in %.2f s (%d images so far)", self.actor[:8],
-                 int(batch["image_id"].min()), int(batch["image_id"].max()), self.recipe.versions,
-                 time.perf_counter() - t0, self.images)
+        log.debug("actor %s: dissolved images %d..%d x %d versions in %.2f s (%d images so far)", self.actor[:8],
+                  int(batch["image_id"].min()), int(batch["image_id"].max()), self.recipe.versions,
+                  time.perf_counter() - t0, self.images)
         return rows
 
 
@@ -611,7 +612,9 @@ def build_bank(
             num_cpus=num_cpus_per_actor,
             **gpu,
         )
-        out.write_parquet(plan.storage.join(staging))
+        with watch(lambda: parquet_rows(plan.storage.path(staging), plan.storage.fs) // versions,
+                   Progress("bank", m, unit="images", announce=True)):
+            out.write_parquet(plan.storage.join(staging))
         seconds = time.perf_counter() - t0
         return _finish(plan, staging, ref, images, seconds,
                        {"engine": "ray-data", "actors": actors, "batch_size": batch_size,

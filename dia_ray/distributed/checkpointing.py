@@ -136,7 +136,7 @@ def worker_device(config: dict[str, Any]):
 
     from dia_ray.distributed.runtime import worker_logging
 
-    worker_logging()
+    worker_logging(config.get("log_context"))
     torch.set_num_threads(config["threads"])
     return get_device() if config["use_gpu"] and torch.cuda.is_available() else torch.device("cpu")
 

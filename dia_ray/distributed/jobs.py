@@ -30,6 +30,7 @@ import yaml
 
 from dia_ray.storage import is_uri
 from dia_ray.errors import ClusterError, ConfigError
+from dia_ray.paths import existing_file
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
@@ -174,9 +175,7 @@ def _copy_ignore(root: Path) -> Callable[[str, list[str]], set[str]]:
 
 def load_sweep_file(sweep: Path) -> Path:
     """The sweep file, resolved, after checking it exists and is a YAML mapping (one line if not)."""
-    path = Path(sweep).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"sweep file '{sweep}' not found")
+    path = existing_file(sweep, "sweep file", ConfigError)
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
@@ -212,7 +211,7 @@ def load_runtime_env_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        data = yaml.safe_load(existing_file(path, "runtime env file", ConfigError).read_text()) or {}
     except OSError as err:
         raise ConfigError(f"runtime env file '{path}' cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:

@@ -25,6 +25,7 @@ from dia_ray.distributed.checkpointing import (fit_trainer, report_with_checkpoi
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import CheckpointError
 from dia_ray.storage import Storage, open_storage
+from dia_ray.progress import Progress, run_context
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,11 @@ def _worker(config: dict[str, Any]) -> None:
     if world > 1:
         state.unet = prepare_model(state.unet, move_to_device=device)
 
+    progress = Progress("DDPM", cfg.steps, unit="steps", announce=True)
+
     def on_step(st, metrics: dict[str, float]) -> None:
-        if rank == 0 and (st.step % cfg.log_every == 0 or st.step == cfg.steps):
-            log.info("DDPM step %d/%d: loss %.4f, %.1f images/s", st.step, cfg.steps, metrics["loss"],
-                     metrics["images_per_s"])
+        if rank == 0:
+            progress.at(st.step, images=cfg.global_batch, since=st.step - 1, loss=metrics["loss"])
         if st.step % cfg.checkpoint_every and st.step != cfg.steps:
             return
         metrics = {**metrics, "starts": list(starts), "world_size": world}
@@ -142,7 +144,8 @@ def train_ddpm_ray(
 
     images = training_images(ref, cfg)
     config = {"ddpm": cfg.model_dump(mode="json"), "data": ref.as_dict(), "pid_dir": pid_dir,
-              "step_delay": step_delay, "images": ray.put(images) if ray.is_initialized() else None}
+              "step_delay": step_delay, "images": ray.put(images) if ray.is_initialized() else None,
+              "log_context": run_context(ref.dataset, f"DDPM r{cfg.resolution}")}
     run_name = f"ddpm-{key}"
     validate_resume(st, f"ddpm/{key}/{run_name}", STATE_FILE, (PROGRESS_FILE,))
     log.info("training DDPM %s: %d steps, global batch %d, %d worker(s)", key, cfg.steps, cfg.global_batch, workers)

@@ -25,6 +25,7 @@ from dia_ray.distributed.checkpointing import (fit_trainer, padding_bytes, repor
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.errors import CheckpointError
 from dia_ray.results.maps import MAPS_FILE, read_maps, write_maps
+from dia_ray.progress import fit_hooks, run_context
 from dia_ray.results.records import ResultRecord, write_records
 from dia_ray.storage import Storage, open_storage
 
@@ -165,10 +166,11 @@ def _worker(config: dict[str, Any]) -> None:
 
         report_with_checkpoint(report, write, config["local"], final=done)
 
+    hooks = fit_hooks(cfg.epochs, enabled=rank == 0)
     if disyre:
-        fit_disyre(cfg, data, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+        fit_disyre(cfg, data, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch, **hooks)
     else:
-        fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch)
+        fit(cfg, data, dissolver, device=device, state=state, rank=rank, world=world, on_epoch=on_epoch, **hooks)
     if tracker is not None:
         tracker.close()
 
@@ -246,6 +248,7 @@ def train_dia_ray(
         "report_extra": report_extra or {},
         "trackers": trackers or {},
         "pid_dir": pid_dir,
+        "log_context": run_context(cfg.dataset, cfg.method, cfg.seed, (extra or {}).get("trial_id")),
         # fault-injection tests slow epochs down (argument or DIA_RAY_EPOCH_DELAY) to have time to kill things
         "epoch_delay": epoch_delay or float(os.environ.get("DIA_RAY_EPOCH_DELAY", "0")),
         "pad_bytes": padding_bytes(),

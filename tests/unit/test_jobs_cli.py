@@ -47,8 +47,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("dia-ray: error:")]
+def error_line(err: str) -> str:
+    """The whole of stderr, which must be exactly one 'dia-ray: error:' line (warnings or a traceback fail)."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dia-ray: error: "), err
+    return lines[0]
 
 
 def test_submit_to_an_address_where_nothing_listens_fails_in_seconds_with_one_line(sweep_file):
@@ -69,20 +72,20 @@ def test_submit_to_an_address_where_nothing_listens_fails_in_seconds_with_one_li
 def test_missing_sweep_file_exits_2(capsys, tmp_path):
     code, _, err = run_cli(capsys, "submit", str(tmp_path / "nope.yaml"), "--address", "http://127.0.0.1:1",
                            "--storage", "/tmp/x")
-    assert code == 2 and error_lines(err) == [f"dia-ray: error: sweep file '{tmp_path / 'nope.yaml'}' not found"]
+    assert code == 2 and error_line(err) == f"dia-ray: error: sweep file {tmp_path / 'nope.yaml'} not found"
 
 
 def test_sweep_file_that_is_not_yaml_exits_2_with_the_line(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\n  datasets: [a\n")
     code, _, err = run_cli(capsys, "submit", str(bad), "--address", "http://127.0.0.1:1", "--storage", "/tmp/x")
-    assert code == 2 and "not valid YAML (line" in error_lines(err)[0]
+    assert code == 2 and "not valid YAML (line" in error_line(err)
 
 
 @pytest.mark.parametrize("storage", ["storage", "~/storage", "./runs"])
 def test_storage_must_be_absolute_or_a_uri_on_the_cluster(capsys, sweep_file, storage):
     code, _, err = run_cli(capsys, "submit", str(sweep_file), "--address", "http://127.0.0.1:1", "--storage", storage)
-    assert code == 2 and "must be an absolute path on the cluster" in error_lines(err)[0]
+    assert code == 2 and "must be an absolute path on the cluster" in error_line(err)
 
 
 def test_bad_runtime_env_file_is_reported_before_contacting_the_cluster(capsys, sweep_file, tmp_path):
@@ -90,12 +93,12 @@ def test_bad_runtime_env_file_is_reported_before_contacting_the_cluster(capsys, 
     env_file.write_text("pip: 5\n")
     code, _, err = run_cli(capsys, "submit", str(sweep_file), "--address", "http://127.0.0.1:1", "--storage", "/x",
                            "--runtime-env", str(env_file))
-    assert code == 2 and "invalid runtime env" in error_lines(err)[0]
+    assert code == 2 and "invalid runtime env" in error_line(err)
 
 
 def test_no_address_anywhere_exits_2(capsys, sweep_file):
     code, _, err = run_cli(capsys, "submit", str(sweep_file), "--storage", "/tmp/x")
-    assert code == 2 and "no cluster address" in error_lines(err)[0]
+    assert code == 2 and "no cluster address" in error_line(err)
 
 
 def test_jobs_commands_report_an_unreachable_cluster_in_one_line(capsys):
@@ -103,7 +106,7 @@ def test_jobs_commands_report_an_unreachable_cluster_in_one_line(capsys):
     for argv in (["jobs", "list"], ["jobs", "status", "raysubmit_x"], ["jobs", "logs", "raysubmit_x"],
                  ["jobs", "stop", "raysubmit_x"]):
         code, _, err = run_cli(capsys, *argv, "--address", f"127.0.0.1:{port}")
-        assert code == 2 and len(error_lines(err)) == 1 and "cannot reach the Ray Jobs API" in err
+        assert code == 2 and "cannot reach the Ray Jobs API" in error_line(err)
 
 
 class _TokenRequired(BaseHTTPRequestHandler):
@@ -130,7 +133,7 @@ def token_head():
 def test_a_cluster_with_token_auth_says_how_to_authenticate(capsys, token_head):
     code, _, err = run_cli(capsys, "jobs", "list", "--address", token_head)
     assert code == 2
-    (line,) = error_lines(err)
+    line = error_line(err)
     assert "requires token authentication" in line and "RAY_AUTH_MODE=token" in line
 
 

@@ -135,7 +135,7 @@ def test_cli_missing_dataset_in_data_root_is_refused_before_any_trial(tmp_path):
                           "--data-root", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "breastmnist" in lines[0]
+    assert len(lines) == 1 and f"{tmp_path / 'empty' / 'breastmnist.npz'} not found" in lines[0], out.stderr
     assert not (tmp_path / "st" / "sweeps").exists()
 
 
@@ -145,5 +145,5 @@ def test_cli_trial_bigger_than_the_machine_is_refused(tmp_path):
                           "--data-root", str(tmp_path / "d")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CPUs" in lines[0], out.stderr
+    assert len(lines) == 1 and "a trial needs 32 CPUs but this machine has" in lines[0], out.stderr
     assert not (tmp_path / "st" / "sweeps").exists()

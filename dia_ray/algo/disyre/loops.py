@@ -145,7 +145,8 @@ def corrupted_batch(x01: torch.Tensor, setup: DisyreSetup, cfg: DisyreConfig, po
 
 
 def train_epoch(state: DisyreState, data: DIAData, cfg: TrainConfig, *, device: torch.device | str = "cpu",
-                rank: int = 0, world: int = 1) -> dict[str, float]:
+                rank: int = 0, world: int = 1, on_iter: Callable[[Any, int, int], None] | None = None
+                ) -> dict[str, float]:
     d, setup = cfg.disyre, state.setup
     if d.batch_size < world:
         raise ValueError(f"disyre.batch_size {d.batch_size} is smaller than the {world} workers")
@@ -170,6 +171,8 @@ def train_epoch(state: DisyreState, data: DIAData, cfg: TrainConfig, *, device: 
         state.step += 1
         state.images_seen += len(idx) * world
         loss_sum += float(loss.detach())
+        if on_iter is not None:
+            on_iter(state, len(idx) * world, d.steps_per_epoch)
     state.train_seconds += time.perf_counter() - t0
     state.epoch += 1
     return {"loss": loss_sum / d.steps_per_epoch, "epoch": state.epoch, "iterations": d.steps_per_epoch,
@@ -185,8 +188,8 @@ def map_sample_indices(labels: torch.Tensor, k: int) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: DIAData, cfg: TrainConfig, setup: DisyreSetup,
-             device: torch.device | str = "cpu", keep: list[int] | None = None
-             ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray] | None]:
+             device: torch.device | str = "cpu", keep: list[int] | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray] | None]:
     """Anomaly scores of every test image per reduction ((N,), higher = more anomalous) and, for the test indices
     in ``keep``, the maps artifact: inputs (K, H, W, C), restored (K, N, H, W, C), maps (K, H, W), labels, scores,
     index, timesteps (see :mod:`dia_ray.results.maps`)."""
@@ -198,6 +201,8 @@ def evaluate(model: torch.nn.Module, data: DIAData, cfg: TrainConfig, setup: Dis
     scores: dict[str, list[torch.Tensor]] = {r: [] for r in REDUCTIONS}
     kept: dict[str, list] = {"inputs": [], "restored": [], "maps": [], "index": []}
     bs = cfg.eval.batch_size
+    if on_batch is not None:
+        on_batch(0, len(data.test))
     for start in range(0, len(data.test), bs):
         x = setup.images(data.test[start:start + bs]).to(device)
         maps, restored = anomaly_maps(net, x, setup.patch, method, bs)
@@ -208,6 +213,8 @@ def evaluate(model: torch.nn.Module, data: DIAData, cfg: TrainConfig, setup: Dis
             kept["restored"].append(restored[j].permute(0, 2, 3, 1).cpu())
             kept["maps"].append(maps[j].cpu())
             kept["index"].append(start + j)
+        if on_batch is not None:
+            on_batch(len(x), len(data.test))
     out = {r: torch.cat(v) for r, v in scores.items()}
     if not keep_set:
         return out, None
@@ -226,20 +233,22 @@ EpochHook = Callable[[DisyreState, dict[str, Any]], None]
 
 def fit_disyre(cfg: TrainConfig, data: DIAData, *, device: torch.device | str = "cpu",
                state: DisyreState | None = None, rank: int = 0, world: int = 1,
-               on_epoch: EpochHook | None = None) -> DisyreState:
+               on_epoch: EpochHook | None = None, on_iter: Callable[[Any, int, int], None] | None = None,
+               on_eval: Callable[[int, int], None] | None = None) -> DisyreState:
     """Train from ``state.epoch`` to ``cfg.epochs``; evaluate on rank 0 every ``cfg.eval.every`` epochs and after
     the last (AUROC of the primary reduction ``disyre.score``, the others logged beside it); the last evaluation
     also keeps the maps artifact in ``state.maps``. ``on_epoch(state, metrics)`` runs on every rank after every
-    epoch (checkpointing / reporting)."""
+    epoch (checkpointing / reporting); ``on_iter`` / ``on_eval`` report progress (see :func:`dia_ray.progress.fit_hooks`)."""
     state = state or new_disyre_state(cfg, data, device)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = train_epoch(state, data, cfg, device=device, rank=rank, world=world)
+        metrics: dict[str, Any] = train_epoch(state, data, cfg, device=device, rank=rank, world=world,
+                                               on_iter=on_iter)
         last = state.epoch == cfg.epochs
         if rank == 0 and (state.epoch % cfg.eval.every == 0 or last):
             t1 = time.perf_counter()
             keep = map_sample_indices(data.test_labels, cfg.disyre.map_samples) if last else None
-            scores, state.maps = evaluate(state.model, data, cfg, state.setup, device, keep)
+            scores, state.maps = evaluate(state.model, data, cfg, state.setup, device, keep, on_batch=on_eval)
             state.score_seconds += time.perf_counter() - t1
             state.images_scored += len(data.test)
             for r in REDUCTIONS:
