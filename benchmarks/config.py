@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.measure import CLOCKS
 from dia_ray.config import UNetConfig
 
-PARTS = ("step", "eval", "ddpm", "ray", "auroc")
+PARTS = ("step", "eval", "ddpm", "ray", "auroc", "disyre")
 
 # dia-ray's DDPM UNet at its defaults: the reference's lucidrains Unet(dim=64, dim_mults=(1,2,4,8)) re-implemented
 # (dia_ray/algo/unet.py), 36.25 M parameters, 3.70 GFLOP per 32 px image forward.
@@ -43,6 +43,9 @@ class BenchConfig:
     auroc_ddpm_budget: str = "small"
     auroc_ddpm_steps: int = 30
     auroc_bank_versions: int = 4
+    disyre_batch: int = 96  # DISYRE's global batch per step (its authors' 8 volumes x 12 slices), 32 px patches
+    disyre_unet: dict[str, Any] = field(default_factory=dict)  # DisyreUNetConfig overrides (default: the authors')
+    disyre_score_images: int = 48  # test images scored per round (N = 4 restorations each)
     parts: tuple[str, ...] = PARTS
 
     def __post_init__(self) -> None:
@@ -71,4 +74,6 @@ TINY = BenchConfig(
     auroc_train={"epochs": 1, "max_iters_per_epoch": 1, "batch_size": 2,
                  "eval": {"samples": 1, "every": 1, "max_train_images": 16}, "max_test_images": 20},
     auroc_ddpm_budget="tiny", auroc_ddpm_steps=2, auroc_bank_versions=1,
+    disyre_batch=2, disyre_unet={"block_out_channels": (32, 32), "attention_levels": (1,), "layers_per_block": 1},
+    disyre_score_images=4,
 )

@@ -150,6 +150,12 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(_row(f"Ray {part.replace('_', ' ')}", variant,
                                   f"{r[variant][f'{unit}s_per_s']:.2f} {unit}s/s", ratio, r[variant]["peak_rss_mb"],
                                   verdict(target) if variant != "plain_loop" else ""))
+    dis = results.get("disyre", {})
+    for variant in ("dia_online", "disyre_train", "disyre_score"):
+        if variant in dis:
+            r = dis[variant]
+            ratio = f"{r['ratio_to_dia_online']:.2f}x of DIA" if "ratio_to_dia_online" in r else "1.00x"
+            lines.append(_row("DISYRE vs DIA", variant, f"{r['images_per_s']:.2f} img/s", ratio, r["peak_rss_mb"], ""))
     au = results.get("auroc", {})
     if au:
         lines.append(_row("AUROC (DIA, synthetic)", "fp32 / bf16",

@@ -50,6 +50,7 @@ def run(bc: BenchConfig, workdir: Path | None = None, out: Path | None = None) -
                  ("eval", "evaluation", lambda: suite.evaluation(bc, work)),
                  ("ddpm", "ddpm_training", lambda: suite.ddpm_training(bc, work)),
                  ("auroc", "auroc", lambda: suite.auroc_bf16_vs_fp32(bc, work)),
+                 ("disyre", "disyre", lambda: suite.disyre_speed(bc, work)),
                  ("ray", "ray", ray_part))
         for part, key, fn in parts:
             if part not in bc.parts:

@@ -5,6 +5,7 @@
 (b) :func:`evaluation` — CSI evaluation (S samples) seconds per 1,000 images, the reference procedure vs dia-ray;
 (c) :func:`ddpm_training` — DDPM training images/s, dia-ray vs lucidrains' ``denoising_diffusion_pytorch``;
     :func:`auroc_bf16_vs_fp32` — AUROC of DIA with precision bf16 vs fp32 over seeds (the accuracy side of bf16);
+:func:`disyre_speed` — DISYRE (the second method) training and scoring images/s beside DIA's online step;
 (e) Ray overheads live in :mod:`benchmarks.ray_overhead`; (f) every variant carries its peak RSS.
 """
 
@@ -255,3 +256,36 @@ def _stratified(d: DIAData, n: int) -> DIAData:
 def _mean_std(values: list[float]) -> dict[str, Any]:
     return {"values": [round(v, 4) for v in values], "mean": round(statistics.fmean(values), 4),
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def disyre_speed(bc: BenchConfig, work: Workload) -> dict[str, Any]:
+    """Issue 17: DISYRE's training step (``disyre_batch`` 32 px patches, corruption + restoration loss) and its
+    scoring (N = 4 restorations per image, the anomaly map, the top-k score) in images/s, interleaved with dia-ray's
+    DIA online fp32 step at the same run (``batch`` images, 3 x 4 views each, one dissolving UNet call)."""
+    from dia_ray.algo.disyre.loops import evaluate as disyre_evaluate
+    from dia_ray.algo.disyre.loops import new_disyre_state
+    from dia_ray.algo.disyre.loops import train_epoch as disyre_train_epoch
+
+    data = work.data
+    cfg = TrainConfig(dataset="synthetic", method="disyre",
+                      disyre={"batch_size": bc.disyre_batch, "steps_per_epoch": bc.iters, "unet": bc.disyre_unet},
+                      eval={"batch_size": max(bc.disyre_score_images, 1)})
+    state = new_disyre_state(cfg, data)
+    scored = _stratified(data, bc.disyre_score_images)
+    dia_cfg = train_config(bc, "dia")
+    unet = build_unet(ddpm_config(bc))
+    dissolver = DiffusionDissolver(unet, build_scheduler().alphas_cumprod, work.t_range, 32)
+    variants = [_ours("dia_online", dia_cfg, data, dissolver, bc.iters * bc.batch),
+                Variant("disyre_train", lambda: disyre_train_epoch(state, data, cfg), bc.iters * bc.disyre_batch),
+                Variant("disyre_score", lambda: disyre_evaluate(state.model, scored, cfg, state.setup),
+                        len(scored.test))]
+    interleave(variants, bc.rounds, lambda m: log.info("disyre %s", m), bc.clock)
+    res: dict[str, Any] = {"disyre_batch": bc.disyre_batch, "dia_batch": bc.batch, "patch": state.setup.patch,
+                           "inference_steps": cfg.disyre.inference_steps,
+                           "restorer_params_m": params_m(state.model), "dia_unet_params_m": params_m(unet)}
+    for v in variants:
+        s = summary(v, "image")
+        if v.name != "dia_online":
+            s["ratio_to_dia_online"] = round(s["images_per_s"] / max(res["dia_online"]["images_per_s"], 1e-12), 3)
+        res[v.name] = s
+    return res

@@ -50,7 +50,7 @@ def test_demo_runs_every_stage_and_ends_with_a_leaderboard(ray_cluster, tmp_path
     assert sorted(p.read_text() for p in tmp_path.rglob("records/*.jsonl")) == records
 
 
-def test_the_shipped_demo_sweep_is_dia_vs_csi_vs_blur_with_two_seeds_in_bank_mode():
+def test_the_shipped_demo_sweep_is_dia_vs_csi_vs_blur_vs_disyre_with_two_seeds_in_bank_mode():
     s = load_sweep(demo_sweep_file())
-    assert set(s.methods) == {"dia", "csi", "blur-gaussian"} and len(s.seeds) >= 2
+    assert set(s.methods) == {"dia", "csi", "blur-gaussian", "disyre"} and len(s.seeds) >= 2
     assert s.dissolve_mode == "bank" and s.datasets == ["synthetic"]

@@ -24,7 +24,7 @@ def _positive(x) -> bool:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    parts = ("step", "eval", "auroc") + (("ddpm",) if HAVE_LUCIDRAINS else ())
+    parts = ("step", "eval", "auroc", "disyre") + (("ddpm",) if HAVE_LUCIDRAINS else ())
     bc = TINY.replace(parts=parts, reference_unet="lucidrains" if HAVE_LUCIDRAINS else "same")
     out = run(bc, tmp_path_factory.mktemp("bench"))
     path = tmp_path_factory.mktemp("out") / "results.json"
@@ -102,3 +102,14 @@ def test_cli_refuses_bad_input_with_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "warp" in err[0]
     assert main(["--unet", '{"block_out_channels": "x"}', "--parts", "eval"]) == 2
+
+
+def test_disyre_line_has_training_and_scoring_speed_beside_dia(results):
+    dis = results["disyre"]
+    for name in ("dia_online", "disyre_train", "disyre_score"):
+        assert _positive(dis[name]["images_per_s"]) and _positive(dis[name]["peak_rss_mb"])
+    for name in ("disyre_train", "disyre_score"):
+        expected = dis[name]["images_per_s"] / dis["dia_online"]["images_per_s"]
+        assert dis[name]["ratio_to_dia_online"] == pytest.approx(expected, rel=1e-2, abs=2e-3)
+    assert dis["patch"] == 32 and dis["inference_steps"] == 4
+    assert "DISYRE vs DIA | disyre_score" in table(results)

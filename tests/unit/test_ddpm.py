@@ -229,8 +229,9 @@ def test_each_optimiser_step_accumulates_grad_accum_full_micro_batches():
     """§2.3: the reference's trainer fetches a full batch for each of its 2 accumulation steps. With lr 0 the weights
     stay put, so one step of 2 accumulated micro-batches must equal the mean of two single-micro-batch steps."""
     images = _images(24, seed=5)
-    one = _grads_per_step(_tiny(steps=2, grad_accum=1, lr=0.0, clip_grad_norm=1e9), images)
-    two = _grads_per_step(_tiny(steps=1, grad_accum=2, lr=0.0, clip_grad_norm=1e9), images)
+    frozen = {"lr": 0.0}  # the config refuses lr 0 (a user's typo); the test needs frozen weights
+    one = _grads_per_step(_tiny(steps=2, grad_accum=1, clip_grad_norm=1e9).model_copy(update=frozen), images)
+    two = _grads_per_step(_tiny(steps=1, grad_accum=2, clip_grad_norm=1e9).model_copy(update=frozen), images)
     assert len(one) == 2 and len(two) == 1
     for a, b, acc in zip(one[0], one[1], two[0]):
         assert torch.allclose(acc, (a + b) / 2, rtol=1e-4, atol=1e-7)

@@ -38,7 +38,8 @@ def test_dissolving_defaults():
     assert d.kind == "diffusion" and d.mode == "online" and d.input_range == "raw01"
     assert d.resolution == 32 and d.use_ema is False  # the reference dissolves with the raw (non-EMA) weights
     assert d.kernel_size == 7 and d.blur_all_branches is False and d.blur_resize_to_resolution is False
-    assert d.t_min is None and d.t_max is None and d.autocast_bf16 is False
+    assert d.t_min is None and d.t_max is None
+    assert TrainConfig(dataset="pneumoniamnist").precision == "fp32"  # the whole step in fp32, dissolving included
 
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)

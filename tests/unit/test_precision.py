@@ -130,8 +130,9 @@ def test_bf16_ddpm_training_loss_is_fp32_close_to_fp32_and_keeps_fp32_weights():
 
 
 def test_bf16_dissolving_stays_close_to_fp32_and_returns_fp32():
-    """Measured over 3 seeds: max |Δ| <= 6.4e-3 of the x0-prediction in [-1, 1] (ε̂ in bf16, the formula in fp32);
-    tolerance 2e-2."""
+    """With the reference-size UNet's layout (linear attention at every level), measured over 5 seeds: max |Δ| of the
+    x0-prediction in [-1, 1] 0.015-0.024, mean |Δ| 0.0015-0.0023 (ε̂ in bf16, the formula in fp32); tolerances 0.04
+    (max) and 0.004 (mean), an order of magnitude below a dissolving step's own change of the image."""
     torch.manual_seed(0)
     unet = build_unet(DDPMConfig(unet=TINY_UNET)).eval()
     a = build_scheduler().alphas_cumprod
@@ -139,7 +140,8 @@ def test_bf16_dissolving_stays_close_to_fp32_and_returns_fp32():
     with torch.no_grad():
         d32, d16 = dissolve(unet, y, t, a), dissolve(unet, y, t, a, precision="bf16")
     assert d16.dtype == torch.float32
-    assert (d16 - d32).abs().max() <= 2e-2
+    assert (d16 - d32).abs().max() <= 4e-2 and (d16 - d32).abs().mean() <= 4e-3
+    assert (d32 - y).abs().mean() > 10 * (d16 - d32).abs().mean()
 
 
 def test_bf16_evaluation_features_stay_close_to_fp32():

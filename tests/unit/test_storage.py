@@ -86,10 +86,18 @@ def test_writes_are_whole_files_without_temp_leftovers(tmp_path):
 def test_unwritable_local_root_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StorageError, match="is not writable") as err:
+    with pytest.raises(StorageError, match="cannot be created: .*file is a file") as err:
         Storage(blocker / "under").ensure_writable()
     assert "\n" not in str(err.value)
     assert not (blocker.parent / "under").exists()
+
+
+def test_a_writable_local_root_is_checked_without_creating_it(tmp_path):
+    root = tmp_path / "new" / "storage"
+    Storage(root).ensure_writable()
+    assert not (tmp_path / "new").exists()  # validate first, create when a stage writes
+    Storage(root).write_text("x", "results", "r.jsonl")
+    assert (root / "results" / "r.jsonl").read_text() == "x"
 
 
 def test_missing_bucket_and_unreachable_endpoint_are_one_line(s3_server, monkeypatch):
