@@ -19,6 +19,7 @@ WORKER_RESOURCES_ENV = "DIA_RAY_WORKER_RESOURCES"  # and the resources of one su
 # The driver's settings its Ray workers must share: log level, and the fault-injection knobs of the tests (a slower
 # epoch, a bigger checkpoint). Never credentials: nodes get those from their own environment or role.
 FORWARDED_ENV = ("DIA_RAY_LOG_LEVEL", "DIA_RAY_EPOCH_DELAY", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES",
+                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
                  # tracker settings (not credentials): W&B mode/folder/entity, MLflow's opt-in to its file store
                  "WANDB_MODE", "WANDB_DIR", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_SILENT", "MLFLOW_ALLOW_FILE_STORE")
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -190,6 +190,11 @@ def relay_to_tune(queue: Any):
     return RelayToTune()
 
 
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node (1.0 there, absent elsewhere): 1,000 trials at once
+TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's own setting (default 60 s)
+TRAIN_START_TIMEOUT_S = 1800
+
+
 def report_while_training(train: Any, node: str | None = None) -> Any:
     """Run ``train(callbacks)`` (a Ray Train run) as a Ray task and pass each of its reports to ``tune.report`` from
     this trial's thread as they come; returns ``train``'s result after the last report. When Tune stops the trial
@@ -208,14 +213,22 @@ def report_while_training(train: Any, node: str | None = None) -> Any:
     from dia_ray.distributed.runtime import worker_logging
 
     def run(queue: Any) -> Any:
+        import os
+
         worker_logging()
+        # In a sweep a trial's worker group may have to wait for a slot (after a node is lost the survivors are
+        # oversubscribed): wait for it like Tune waits for trial resources instead of failing after Ray Train's 60 s.
+        os.environ.setdefault(TRAIN_START_TIMEOUT_ENV, str(TRAIN_START_TIMEOUT_S))
         return train([relay_to_tune(queue)])
 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    queue = Queue(actor_options={"num_cpus": 0})
     where = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
-    task = ray.remote(num_cpus=0, max_retries=0)(run).options(scheduling_strategy=where).remote(queue)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": where})  # with the task: survives a lost node
+    # max_calls=1: the task's process exits after the run, and with it (owner fate-sharing) the run's Train
+    # controller, whose placement-group cleaner then frees any bundle a failed worker-group start left reserved. A
+    # pooled process would keep a failed run's controller (held by the traceback) and its reservation alive.
+    task = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(run).options(scheduling_strategy=where).remote(queue)
     try:
         while True:
             finished = bool(ray.wait([task], timeout=0)[0])
@@ -454,7 +467,10 @@ def _run_study(sweep: SweepFile, dataset: str, st: Storage, ref: DataRef, image_
     # Tune registers trainables by name in a registry shared by the whole Ray job: each study needs its own name,
     # or concurrent studies would run each other's trials (and mix datasets).
     trial.__name__ = trial.__qualname__ = f"dia_trial_{sweep.name}_{dataset}".replace("-", "_").replace(".", "_")
-    trainable = tune.with_resources(trial, {"cpu": 0.01})
+    # The trial's own actor (it only relays reports) lives on the head node, never on a worker node: if it died with
+    # a lost worker node, Ray's owner fate-sharing would take its Train run's controller down mid-restart and leave
+    # the new worker group's placement group reserved for the rest of the job. The head node may have no CPUs.
+    trainable = tune.with_resources(trial, tune.PlacementGroupFactory([{HEAD_RESOURCE: 0.001}]))
     total = sweep.runs()
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), _progress_callback(dataset, total),
                  *tune_callbacks(sweep.name, dataset, **trackers)]
@@ -503,9 +519,9 @@ def check_cluster_fits(sweep: SweepFile, image_sizes: list[int]) -> None:
     res = cap.resources
     r = sweep.resources
     need_cpu = r.workers * r.cpus_per_worker
-    if need_cpu + 0.01 > res.get("CPU", 0) + 1e-9:
-        raise ClusterError(f"a trial needs {need_cpu + 0.01:g} CPUs ({r.workers} worker(s) x {r.cpus_per_worker:g} "
-                           f"+ 0.01 for the trial) but the cluster has {res.get('CPU', 0):g} ({cap.source}); lower "
+    if need_cpu > res.get("CPU", 0) + 1e-9:
+        raise ClusterError(f"a trial needs {need_cpu:g} CPUs ({r.workers} worker(s) x {r.cpus_per_worker:g}) but "
+                           f"the cluster has {res.get('CPU', 0):g} ({cap.source}); lower "
                            "resources.workers/cpus_per_worker")
     if r.uses_gpu:
         need_gpu = max(r.workers * r.gpu_share(s) for s in image_sizes)

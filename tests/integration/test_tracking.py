@@ -125,7 +125,7 @@ def test_single_train_run_logs_params_and_epochs_to_mlflow(ray_cluster, syntheti
     uri = f"file://{tmp_path / 'mlruns'}"
     out = _cli("train", "--dataset", "synthetic", "--method", "csi", "--budget", "tiny", "--storage",
                str(tmp_path / "st"), "--data-root", str(synthetic_root), "--address",
-               ray_cluster.get_runtime_context().gcs_address, "--mlflow-uri", uri, "--set", "epochs=3")
+               ray_cluster.get_runtime_context().gcs_address, "--mlflow-uri", uri, "--epochs", "3")
     assert out.returncode == 0, out.stderr[-3000:]
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("dia-ray-train").experiment_id])
