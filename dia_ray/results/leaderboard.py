@@ -272,14 +272,23 @@ def fmt_duration(seconds: float) -> str:
 
 
 def varying_params(df: pd.DataFrame) -> list[str]:
-    """Per row, only the parameters whose values differ between the rows shown (the full set is in the csv/json
-    ``config/`` columns); constants and unset (None) values are left out."""
+    """Per row, only the parameters whose values differ between the rows shown of the same method family (DIA, CSI
+    and blur share one, DISYRE has its own; the full set is in the csv/json ``config/`` columns); constants and unset
+    (None) values are left out."""
     dicts = [dict(d or {}) for d in df.attrs.get("params", [])]
     if len(dicts) != len(df) or len(df) < 2:
         return ["–"] * len(df)
-    keys = sorted({k for d in dicts for k in d})
-    varying = [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
-    return [format_params({k: d.get(k) for k in varying if d.get(k) is not None}) or "–" for d in dicts]
+    # DISYRE's parameters (patch, box, restoration steps, its own batch) are another method's namespace: compared
+    # with the contrastive methods every one of them would "vary"; each family is compared within itself
+    methods = df["method"].tolist() if "method" in df.columns else [""] * len(df)
+    families = ["disyre" if m == "disyre" else "contrastive" for m in methods]
+    out = []
+    for d, fam in zip(dicts, families):
+        peers = [e for e, f in zip(dicts, families) if f == fam]
+        keys = sorted({k for e in peers for k in e})
+        varying = [k for k in keys if len({repr(e.get(k)) for e in peers}) > 1]
+        out.append(format_params({k: d.get(k) for k in varying if d.get(k) is not None}) or "–")
+    return out
 
 
 # display column → the numeric column it sorts by (HTML) / its alignment

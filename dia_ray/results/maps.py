@@ -76,12 +76,16 @@ def _show(ax, image: np.ndarray, **kwargs):
 
 
 def maps_figure(arrays: dict[str, np.ndarray], title: str | None = None, max_rows: int | None = None) -> Figure:
-    """One row per kept test image, normal ones first: input | restored (mean of the N restorations) | anomaly map
+    """One row per kept test image (``max_rows``: half normal, half anomalous), normal ones first: input | restored (mean of the N restorations) | anomaly map
     (``inferno``, 0 to the largest value shown, shared by all rows). Returns a matplotlib Figure (``fig.savefig``
     writes PNG or SVG)."""
     check(arrays, "(in memory)")
     order = sorted(range(len(arrays["labels"])), key=lambda i: (-int(arrays["labels"][i]), int(arrays["index"][i])))
-    order = order[:max_rows] if max_rows else order
+    if max_rows and len(order) > max_rows:  # as many normal as anomalous rows (the rest from the larger class)
+        normal = [i for i in order if int(arrays["labels"][i]) == 1]
+        anomalous = [i for i in order if int(arrays["labels"][i]) != 1]
+        k = max(max_rows // 2, max_rows - len(anomalous))
+        order = normal[:k] + anomalous[:max_rows - min(k, len(normal))]
     vmax = float(max(np.max(arrays["maps"][order]), 1e-8))
     fig = Figure(figsize=(6.6, 2.0 * len(order) + (0.4 if title else 0.0)), layout="constrained")
     axes = fig.subplots(len(order), 3, squeeze=False)

@@ -64,7 +64,9 @@ def test_figure_has_a_row_per_image_normal_first_and_one_map_colour_scale(channe
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt)
         assert buffer.getvalue().startswith(magic)
-    assert len(maps_figure(arrays, max_rows=2).axes) == 2 * 3 + 1
+    capped = maps_figure(arrays, max_rows=2).axes
+    assert len(capped) == 2 * 3 + 1
+    assert [capped[3 * r].get_ylabel().split()[0] for r in range(2)] == ["normal", "anomalous"]  # both classes
 
 
 def test_maps_module_imports_neither_torch_nor_ray():

@@ -239,3 +239,16 @@ def test_only_varying_params_are_shown(tmp_path):
     params = display_table(build(collect(tmp_path), by="config"))["Params"].tolist()
     assert sorted(params) == ["t_range=130-230", "t_range=30-130", "–"]
     assert "None" not in to_markdown(build(collect(tmp_path), by="config"))
+
+
+def test_disyre_params_do_not_make_the_contrastive_constants_vary(tmp_path):
+    constants = {"resolution": 32, "shift": "rotation", "loss_mode": "shifted_removed",
+                 "backbone": "resnet18_imagenet", "batch_size": 32}
+    records = [make_record("kvasir", "dia", {**constants, "t_min": 30, "t_max": 130}, 1.2, s) for s in SEEDS[:2]]
+    records += [make_record("kvasir", "csi", {**constants, "t_min": None, "t_max": None}, 0.5, s) for s in SEEDS[:2]]
+    records += [make_record("kvasir", "disyre", {"batch_size": 16, "patch_size": 32, "variant": "dag"}, 0.9, s)
+                for s in SEEDS[:2]]
+    write_records(tmp_path / "r.jsonl", records)
+    table = display_table(build(collect(tmp_path)))
+    params = dict(zip(table["Method"], table["Params"]))
+    assert params["dia"] == "t_range=30-130" and params["csi"] == "–" and params["disyre"] == "–"
