@@ -36,7 +36,6 @@ def sweep(
     from dia_ray.errors import ConfigError
     from dia_ray.data.loading import check_data_root
     from dia_ray.distributed.pipeline import check_address
-    from dia_ray.paths import writable_dir
     from dia_ray.storage import is_uri
     from dia_ray.sweepfile import load_sweep
 
@@ -52,8 +51,6 @@ def sweep(
         raise ConfigError("--storage is required (a folder or a URI such as s3://bucket/prefix)")
     if address is not None:
         check_address(address)
-    if not is_uri(storage):
-        writable_dir(storage, "storage")
     if spec.data_root and not is_uri(spec.data_root):
         check_data_root(spec.data_root)
     from dia_ray.distributed.sweep import run_sweep

@@ -103,7 +103,7 @@ def train(
     from dia_ray.distributed.trackers import check_trackers
 
     trackers = check_trackers(mlflow_uri, wandb_project)
-    pipeline.check_dissolve_inputs(cfg, ddpm, bank)
+    ddpm, bank = pipeline.check_dissolve_inputs(cfg, ddpm, bank)  # before anything is created
     placement = pipeline.Placement(workers=workers, use_gpu=gpu, address=address)
     root, per = pipeline.preflight(placement, storage)
     ref, loaded = pipeline.data_ref(dataset, data_root, normal_class, cfg.image_size)

@@ -274,12 +274,12 @@ def run_training(cfg: TrainConfig, ref: DataRef, storage: Storage, placement: Pl
                  budget: str | None = None, ddpm: str | os.PathLike | None = None,
                  bank: str | os.PathLike | None = None, loaded: Any = None, **kwargs: Any):
     """One `dia-ray train`: check the cluster, get the DDPM (given, found, or trained) when the method dissolves with
-    it, train, return the result record. ``loaded`` (from :func:`data_ref`) goes to the object store once."""
+    it, train, return the result record. ``loaded`` (from :func:`data_ref`) goes to the object store once. ``ddpm`` /
+    ``bank`` are the locations :func:`check_dissolve_inputs` returned (the CLI checks them before creating anything)."""
     from dia_ray.algo.ddpm import load_ddpm
     from dia_ray.distributed.train_ddpm import local_ddpm
     from dia_ray.distributed.train_dia import train_dia_ray
 
-    ddpm, bank = check_dissolve_inputs(cfg, ddpm, bank)
     check_dissolve_resolution(cfg, ref)
     if ddpm is not None:
         try:
