@@ -58,7 +58,10 @@ TARGETS = (
     Target("ddpm_training_fp32_vs_lucidrains", "ddpm", ("ddpm_training", "ours", "ratio_to_lucidrains"), 1.0,
            why_missed="the two UNets differ in layout (diffusers blocks vs lucidrains'), see unet_params_m"),
     Target("ray_train_step_vs_plain_loop", "ray", ("ray", "train", "ratio_ray_over_plain"), 0.9,
-           why_missed="the Train worker runs the same loop; a gap is the worker's threads or the machine's load"),
+           why_missed="the Train worker runs the same loop with the same threads; where it spends more CPU seconds "
+                      "than the plain loop for the same step, its 2 threads competed with Ray's own processes (GCS, "
+                      "raylet, dashboard, the Train controller) for the 2 cores — most in the first rounds after "
+                      "Ray started"),
     Target("ray_data_bank_build_vs_plain_loop", "ray", ("ray", "bank_build", "ratio_ray_over_plain"), 0.9,
            why_missed="the pool's time (wall; with --clock cpu the CPU of all of Ray's processes) includes starting "
                       "its actors (process, torch/diffusers imports, DDPM load) and Ray's own services, which a "
@@ -88,8 +91,34 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _rounds(side: dict[str, Any], key: str) -> str:
+    return ", ".join(f"{x:.1f}" for x in side.get(key, []))
+
+
+def _ray_detail(t: Target, results: dict[str, Any]) -> str:
+    """The per-round seconds of both sides of a Ray overhead comparison (wall and CPU)."""
+    part = results.get("ray", {}).get("train" if t.name == "ray_train_step_vs_plain_loop" else "bank_build", {})
+    names = [k for k in ("plain_loop", "ray_train_worker", "ray_data_pool") if k in part]
+    if len(names) != 2:
+        return ""
+    plain, ray = (part[k] for k in names)
+    text = (f" (per round, plain loop vs {names[1]}: wall {_rounds(plain, 'rounds_wall_seconds')} s vs "
+            f"{_rounds(ray, 'rounds_wall_seconds')} s; CPU {_rounds(plain, 'rounds_cpu_seconds')} s vs "
+            f"{_rounds(ray, 'rounds_cpu_seconds')} s")
+    if "build_seconds_excluding_start" in part:
+        b = part["build_seconds_excluding_start"]
+        text += (f"; the build alone, actors started: {b['plain_loop']:.1f} s vs {b['ray_data_pool']:.1f} s = "
+                 f"{b['plain_loop'] / b['ray_data_pool']:.2f}x")
+    if "worker_start_to_ready_seconds" in part:
+        text += f"; the worker took {part['worker_start_to_ready_seconds']:.0f} s from fit() to ready"
+    return text + ")"
+
+
 def _detail(t: Target, results: dict[str, Any]) -> str:
-    """The measured split of a DIA step into ResNet step (= the bank step) and dissolving UNet (online − bank)."""
+    """The measured split of a DIA step into ResNet step (= the bank step) and dissolving UNet (online − bank); for
+    the Ray overheads, both sides' rounds."""
+    if t.part == "ray":
+        return _ray_detail(t, results)
     dia = results.get(_STEP, {}).get("dia", {})
     if t.part != _STEP or not {"online", "bank", "online_bf16", "bank_bf16", "baseline"} <= set(dia):
         return ""
