@@ -1,5 +1,3 @@
-import sys
+from dia_ray.cli import run
 
-from dia_ray.cli import main
-
-sys.exit(main())
+run()

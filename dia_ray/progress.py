@@ -315,3 +315,85 @@ class Verbosity:
             raise ConfigError(f"{LEVEL_ENV}={name!r} is not a log level; use one of {', '.join(LEVELS)} (or unset it)")
         level = logging.getLevelName(name)
         return cls(own=level, libraries=level)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lines written straight to file descriptor 2
+
+
+# Ray's C++ core worker in the driver writes its ERROR lines straight to fd 2 (not through Python, so no logging
+# filter or Ray setting reaches them; they also go to the session's python-core-driver-*.log). This one is printed
+# for every Ray Data actor pool, since Ray Data always passes its context and transform by object reference
+# (ray-project/ray#53727, #57733); it names a limitation of Ray's actor restarts, not a failure of the run.
+BENIGN_RAY_STDERR = (
+    rb"core_worker\.cc:\d+: Actor with class name: '[^']*MapWorker[^']*' and ID: '[0-9a-f]+' has constructor "
+    rb"arguments in the object store and max_restarts > 0",
+)
+
+
+class StderrFilter:
+    """Route file descriptor 2 of this process through a pipe and drop the lines matching any of ``drop`` (bytes
+    regexes); everything else reaches the real stderr unchanged, in order. Also covers what C/C++ code and child
+    processes that inherit fd 2 write. :meth:`stop` forwards everything written before it and restores fd 2.
+
+    >>> f = StderrFilter(BENIGN_RAY_STDERR); f.start()
+    >>> ...  # run the command
+    >>> f.stop()
+    """
+
+    _FLUSHED = b"\x00dia-ray: stderr flushed\x00\n"
+
+    def __init__(self, drop: tuple[bytes, ...] = BENIGN_RAY_STDERR):
+        import re
+
+        self._drop = [re.compile(p) for p in drop]
+        self._saved: int | None = None  # the real stderr, put back on fd 2 by stop()
+        self._out: int | None = None  # the real stderr, where the pump writes (open until the process exits)
+        self._flushed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StderrFilter:
+        sys.stderr.flush()
+        read, write = os.pipe()
+        self._saved, self._out = os.dup(2), os.dup(2)
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._pump, args=(read,), name="dia-ray-stderr", daemon=True)
+        self._thread.start()
+        return self
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self._out, data):]
+        except OSError:  # the real stderr is gone (closed pipe): keep draining, so writers never block
+            pass
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line + b"\n" == self._FLUSHED:
+                        self._flushed.set()
+                    elif not any(p.search(line) for p in self._drop):
+                        self._write(line + b"\n")
+            if pending:
+                self._write(pending)
+        self._flushed.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Forward what was written so far (a marker line goes through the pipe; the pump has seen everything before
+        it when it arrives) and give fd 2 back. Child processes still holding the pipe keep being filtered."""
+        if self._saved is None:
+            return
+        try:
+            sys.stderr.flush()
+            os.write(2, self._FLUSHED)
+            self._flushed.wait(timeout)
+        finally:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None

@@ -127,5 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         return known.exit_code
 
 
-def run() -> None:
-    sys.exit(main())
+def run(argv: list[str] | None = None) -> None:
+    """``dia-ray`` / ``python -m dia_ray``: :func:`main`, with this process's file descriptor 2 filtered of the
+    Ray C++ lines that read like failures but are not (see :data:`dia_ray.progress.BENIGN_RAY_STDERR`), unless the
+    console is raw (``--verbose``, ``DIA_RAY_LOG_LEVEL=INFO|DEBUG``)."""
+    from dia_ray.progress import StderrFilter, Verbosity
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        raw = Verbosity.from_env(verbose="--verbose" in args or "-v" in args).raw
+    except DiaRayError:
+        raw = True  # a bad DIA_RAY_LOG_LEVEL: main() says so
+    if raw:
+        sys.exit(main(args))
+    stderr = StderrFilter().start()
+    try:
+        code = main(args)
+    finally:
+        stderr.stop()
+    sys.exit(code)

@@ -30,6 +30,8 @@ def test_ddpm_bank_train_and_leaderboard_on_s3(ray_cluster, synthetic_root, s3_b
               "--address", address]
     bank = _cli("bank", "build", *common, "--versions", "2", "--actors", "1", "--batch-size", "256", "--quiet")
     assert bank.returncode == 0, bank.stderr[-3000:]
+    # the actor pool's benign Ray line (ray-project/ray#53727) is filtered; no other Ray error line appears
+    assert "core_worker.cc" not in bank.stderr and "MapWorker" not in bank.stdout + bank.stderr, bank.stderr[-3000:]
     ddpms = st.subdirs("ddpm")
     assert len(ddpms) == 1
     model = st.list("ddpm", ddpms[0], "model")

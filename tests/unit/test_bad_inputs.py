@@ -18,10 +18,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from dia_ray.distributed.checkpointing import SNAPSHOT
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--dataset", "synthetic", "--method", "csi", "--budget", "tiny", "--data-root", "{data}"]
@@ -265,9 +269,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def run_and_kill_train_worker(argv: list[str], after: str) -> tuple[subprocess.Popen, str, str]:
+def run_and_kill_train_worker(argv: list[str], after: str, ready: Callable[[], bool] | None = None,
+                              wait: float = 120.0) -> tuple[subprocess.Popen, str, str]:
     """Start the CLI (which starts its own local Ray), SIGKILL its Ray Train worker process once stdout shows a
-    line containing ``after``, and return (process, stdout, stderr) when it exits."""
+    line containing ``after`` and ``ready()`` holds (polled for up to ``wait`` seconds), and return (process, stdout,
+    stderr) when it exits."""
     proc = subprocess.Popen([sys.executable, "-m", "dia_ray", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
@@ -278,6 +284,9 @@ def run_and_kill_train_worker(argv: list[str], after: str) -> tuple[subprocess.P
     for line in proc.stdout:
         out.append(line)
         if not killed and after in line:
+            deadline = time.monotonic() + wait
+            while ready is not None and not ready() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
             workers = [p for p in _descendants(proc.pid) if _cmdline(p).startswith("ray::RayTrainWorker")]
             assert workers, "no Ray Train worker process below the CLI"
             for pid in workers:
@@ -296,16 +305,30 @@ def _assert_lost_line(proc: subprocess.Popen, stderr: str) -> None:
     assert "was lost" in lines[0] and "run the same command to resume" in lines[0], lines[0]
 
 
+def _a_checkpoint_is_registered(storage: Path) -> bool:
+    """Ray Train registered a checkpoint of some run under ``storage`` (its snapshot names one). Checkpoints upload
+    asynchronously and are registered when the controller next polls the workers, so a worker killed right after
+    reporting one may leave nothing to resume from; the test kills only once there is something."""
+    for snap in storage.rglob(SNAPSHOT):
+        try:
+            if (json.loads(snap.read_text()).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name"):
+                return True
+        except (OSError, ValueError):
+            continue  # being written
+    return False
+
+
 @pytest.mark.integration
 def test_a_lost_train_worker_is_one_line_and_rerunning_resumes(tmp_path, synthetic_root):
-    args = TRAIN[:-1] + [str(synthetic_root), "--storage", str(tmp_path), "--epochs", "6", "--max-failures", "0"]
-    proc, out, err = run_and_kill_train_worker(args, after="epoch 2:")
+    args = TRAIN[:-1] + [str(synthetic_root), "--storage", str(tmp_path), "--epochs", "8", "--max-failures", "0"]
+    proc, out, err = run_and_kill_train_worker(args, after="epoch 1:",
+                                               ready=lambda: _a_checkpoint_is_registered(tmp_path))
     _assert_lost_line(proc, err)
     assert not list(tmp_path.glob("results/**/*.jsonl")), "a record was written for the failed run"
     again = run_cli(args)
     assert again.returncode == 0, again.stderr[-3000:]
     record = json.loads(again.stdout.strip().splitlines()[-1])
-    assert record["epochs"] == 6 and record["starts"][0] == 0 and record["starts"][-1] >= 1, record["starts"]
+    assert record["epochs"] == 8 and record["starts"][0] == 0 and record["starts"][-1] >= 1, record["starts"]
 
 
 @pytest.mark.integration

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -228,3 +231,35 @@ def test_on_a_terminal_a_bar_then_the_last_line_stays(capsys, lines):
     drawn = capsys.readouterr().err
     assert "DDPM:  50%" in drawn and "5/10 steps" in drawn and "4.0 img/s, ETA 5s, loss 0.5" in drawn
     assert lines() == ["DDPM: 10/10 steps (100%), 4.0 img/s, took 10s, loss 0.5"]
+
+
+BENIGN_LINE = ("[2026-12-06 14:52:18,101 E 8015 8092] core_worker.cc:2465: Actor with class name: "
+               "'MapWorker(MapBatches(DissolveActor))' and ID: '46a1f0e27c1b' has constructor arguments in the "
+               "object store and max_restarts > 0. If the arguments in the object store go out of scope or are lost, "
+               "the actor restart will fail. See https://github.com/ray-project/ray/issues/53727 for more details.")
+
+
+def test_stderr_filter_drops_only_the_benign_ray_line_from_fd_2_and_keeps_order():
+    """What reaches the real stderr of a process that filters its fd 2 (as `dia-ray` does): the Ray line written by
+    C-level code is gone; Python's and a child process's lines, an unterminated one, and the same message about a
+    non-Ray-Data actor, all pass in order; after stop() fd 2 is the real stderr again."""
+    script = textwrap.dedent(f"""
+        import os, subprocess, sys
+        from dia_ray.progress import StderrFilter
+        f = StderrFilter().start()
+        os.write(2, b"one\\n" + {BENIGN_LINE.encode()!r} + b"\\ntwo\\n")
+        print("three", file=sys.stderr)
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('four\\\\n')"], check=True)
+        os.write(2, {BENIGN_LINE.replace("MapWorker(MapBatches(DissolveActor))", "Trainer").encode()!r} + b"\\n")
+        os.write(2, b"fi")
+        os.write(2, b"ve\\n" * 3000)  # more than a pipe holds: the pump keeps up
+        f.stop()
+        os.write(2, b"six\\n")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.decode().splitlines()
+    assert lines[:4] == ["one", "two", "three", "four"]
+    assert "'Trainer'" in lines[4] and "max_restarts > 0" in lines[4]
+    assert lines[5:] == ["five"] + ["ve"] * 2999 + ["six"]
+    assert "MapWorker" not in done.stderr.decode()
