@@ -250,7 +250,7 @@ def test_run_killed_during_a_checkpoint_upload_resumes_from_the_registered_one(r
     args = ["train", "--dataset", "synthetic", "--method", "csi", "--workers", "1", "--budget", "tiny",
             "--epochs", "5", "--storage", st.uri, "--data-root", str(synthetic_root),
             "--address", _address(ray_cluster)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES": str(300 * 2**20)}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DIA_RAY_TEST_CHECKPOINT_PAD_BYTES": str(100 * 2**20)}
     proc = subprocess.Popen([sys.executable, "-m", "dia_ray", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     partial = registered = None
