@@ -350,7 +350,6 @@ class StderrFilter:
         self._saved: int | None = None  # the real stderr, put back on fd 2 by stop()
         self._out: int | None = None  # the real stderr, where the pump writes (open until the process exits)
         self._flushed = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> StderrFilter:
         sys.stderr.flush()
@@ -358,8 +357,7 @@ class StderrFilter:
         self._saved, self._out = os.dup(2), os.dup(2)
         os.dup2(write, 2)
         os.close(write)
-        self._thread = threading.Thread(target=self._pump, args=(read,), name="dia-ray-stderr", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._pump, args=(read,), name="dia-ray-stderr", daemon=True).start()
         return self
 
     def _write(self, data: bytes) -> None:

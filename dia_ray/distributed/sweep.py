@@ -190,7 +190,8 @@ def relay_to_tune(queue: Any):
     return RelayToTune()
 
 
-HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node (1.0 there, absent elsewhere): 1,000 trials at once
+# Ray's marker resource of the head node (1.0 there, absent elsewhere); 0.001 a trial: 1,000 trials at once
+HEAD_RESOURCE = "node:__internal_head__"
 TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's own setting (default 60 s)
 TRAIN_START_TIMEOUT_S = 1800
 

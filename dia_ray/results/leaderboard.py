@@ -282,13 +282,13 @@ def varying_params(df: pd.DataFrame) -> list[str]:
     # with the contrastive methods every one of them would "vary"; each family is compared within itself
     methods = df["method"].tolist() if "method" in df.columns else [""] * len(df)
     families = ["disyre" if m == "disyre" else "contrastive" for m in methods]
-    out = []
-    for d, fam in zip(dicts, families):
-        peers = [e for e, f in zip(dicts, families) if f == fam]
-        keys = sorted({k for e in peers for k in e})
-        varying = [k for k in keys if len({repr(e.get(k)) for e in peers}) > 1]
-        out.append(format_params({k: d.get(k) for k in varying if d.get(k) is not None}) or "–")
-    return out
+    varying: dict[str, list[str]] = {}
+    for fam in set(families):
+        peers = [d for d, f in zip(dicts, families) if f == fam]
+        keys = sorted({k for d in peers for k in d})
+        varying[fam] = [k for k in keys if len({repr(d.get(k)) for d in peers}) > 1]
+    return [format_params({k: d.get(k) for k in varying[fam] if d.get(k) is not None}) or "–"
+            for d, fam in zip(dicts, families)]
 
 
 # display column → the numeric column it sorts by (HTML) / its alignment

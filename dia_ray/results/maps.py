@@ -76,8 +76,8 @@ def _show(ax, image: np.ndarray, **kwargs):
 
 
 def maps_figure(arrays: dict[str, np.ndarray], title: str | None = None, max_rows: int | None = None) -> Figure:
-    """One row per kept test image (``max_rows``: half normal, half anomalous), normal ones first: input | restored (mean of the N restorations) | anomaly map
-    (``inferno``, 0 to the largest value shown, shared by all rows). Returns a matplotlib Figure (``fig.savefig``
+    """One row per kept test image (``max_rows``: half normal, half anomalous), normal ones first: input | restored
+    (mean of the N restorations) | anomaly map (``inferno``, 0 to the largest value shown, shared by all rows). Returns a matplotlib Figure (``fig.savefig``
     writes PNG or SVG)."""
     check(arrays, "(in memory)")
     order = sorted(range(len(arrays["labels"])), key=lambda i: (-int(arrays["labels"][i]), int(arrays["index"][i])))

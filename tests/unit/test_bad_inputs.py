@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dia_ray.distributed.checkpointing import SNAPSHOT
+from dia_ray.distributed.checkpointing import SNAPSHOT, registered_checkpoint
+from dia_ray.errors import CheckpointError
+from dia_ray.storage import Storage
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--dataset", "synthetic", "--method", "csi", "--budget", "tiny", "--data-root", "{data}"]
@@ -311,9 +313,9 @@ def _a_checkpoint_is_registered(storage: Path) -> bool:
     reporting one may leave nothing to resume from; the test kills only once there is something."""
     for snap in storage.rglob(SNAPSHOT):
         try:
-            if (json.loads(snap.read_text()).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name"):
+            if registered_checkpoint(Storage(str(snap.parent.parent)), snap.parent.name):
                 return True
-        except (OSError, ValueError):
+        except CheckpointError:
             continue  # being written
     return False
 
