@@ -17,8 +17,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dia_ray.config import DDPMConfig, UNetConfig
+from dia_ray.distributed.checkpointing import SNAPSHOT, registered_checkpoint
 from dia_ray.distributed.dataref import DataRef
 from dia_ray.distributed.train_ddpm import train_ddpm_ray
+from dia_ray.storage import Storage
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,14 @@ def test_saved_ddpm_round_trips_through_from_pretrained(ray_cluster, synthetic_r
     assert again == path and (path / "unet").stat().st_mtime == (again / "unet").stat().st_mtime
 
 
+def _readable(snapshot: Path) -> bool:
+    try:
+        json.loads(snapshot.read_text())
+        return True
+    except (OSError, ValueError):  # being written
+        return False
+
+
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, synthetic_root, tmp_path):
     """SIGKILL a Train worker mid-run: Ray restarts the worker group, which resumes from the last checkpoint —
     the recorded start steps prove the second start was not at step 0."""
@@ -94,10 +104,13 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, synthetic_r
     def killer() -> None:
         deadline = time.time() + 240
         while time.time() < deadline:
-            # two checkpoints on disk: the first one is surely registered by Train's checkpoint manager
-            ckpts = list(storage.glob("ddpm/*/ddpm-*/checkpoint_*/progress.json"))
+            # a checkpoint Train's checkpoint manager registered (what a restart resumes from): checkpoints upload
+            # asynchronously and are registered when the controller next polls, so files on disk are not enough
+            ckpts = [snap.parent.parent / found / "progress.json" for snap in storage.glob(f"ddpm/*/ddpm-*/{SNAPSHOT}")
+                     if _readable(snap) and (found := registered_checkpoint(Storage(str(snap.parent.parent)),
+                                                                            snap.parent.name))]
             pids = list(pid_dir.glob("worker-*.pid"))
-            if len(ckpts) >= 2 and pids:
+            if ckpts and all(c.is_file() for c in ckpts) and pids:
                 step = max(json.loads(p.read_text())["step"] for p in ckpts)
                 pid = int(pids[0].read_text())
                 os.kill(pid, signal.SIGKILL)
@@ -243,9 +256,6 @@ def test_run_killed_during_a_checkpoint_upload_resumes_from_the_registered_one(r
     """The state is padded (fault injection) so that uploading a checkpoint to the object store takes seconds; the
     `dia-ray train` driver is killed while the newest checkpoint folder is still being written. The rerun resumes
     from the checkpoint the run's snapshot registered, not from the newest, half-uploaded folder."""
-    from dia_ray.distributed.checkpointing import registered_checkpoint
-    from dia_ray.storage import Storage
-
     st = Storage(f"{s3_bucket}/upload-kill")
     args = ["train", "--dataset", "synthetic", "--method", "csi", "--workers", "1", "--budget", "tiny",
             "--epochs", "5", "--storage", st.uri, "--data-root", str(synthetic_root),
